@@ -1,0 +1,33 @@
+# Two commands for a new user:  `make app`  and  `make test`.
+# Both run `make setup` first, which creates or updates .venv idempotently.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.coalora-setup
+
+.PHONY: setup app test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+app: setup
+	$(PY) app.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not real and not browser"
+
+bench: setup
+	$(PY) bench/quant.py
+
+clean-venv:
+	rm -rf $(VENV)

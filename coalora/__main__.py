@@ -1,0 +1,5 @@
+import sys
+
+from coalora.cli import main
+
+sys.exit(main())

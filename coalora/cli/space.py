@@ -1,0 +1,48 @@
+"""`coalora space`: what a configuration costs on a model (avg bits, packed bytes, per block)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from coalora.cli.common import add_model_arg, config_help
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "space",
+        help="show a model's quantizable matrices and what a configuration costs",
+        description=(
+            "Resolve a configuration (preset or JSON file) against a model's 7 projections per "
+            "block and print its average bits per weight and exact packed size. Only the "
+            "model's config is read; no weights are loaded."
+        ),
+    )
+    add_model_arg(p)
+    p.add_argument("--config", default="nf4", help=config_help() + " (default: nf4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a readable summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from coalora.models import build_space_for
+
+    space = build_space_for(args.model)
+    config = space.load(args.config)
+    s = config.summary()
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(f"model        {s['model']}  (fingerprint {s['fingerprint']})")
+    print(f"matrices     {s['n_matrices']} in {space.n_blocks} blocks, {s['n_params']:,} weights")
+    print(f"avg bits     {s['avg_bits']:.4f} per weight (scales included)")
+    print(f"packed size  {s['packed_bytes']:,} bytes ({s['packed_bytes'] / 2**20:.2f} MiB; "
+          "embeddings, norms, LM head and adapters not counted)")
+    print("per module type:")
+    for t, b in s["per_module_type"].items():
+        print(f"  {t:<10} {b:.3f} bits")
+    print("per block:")
+    blocks = list(s["per_block"].items())
+    for i in range(0, len(blocks), 6):
+        print("  " + "  ".join(f"{k:>2}: {v:.3f}" for k, v in blocks[i : i + 6]))
+    return 0

@@ -1,0 +1,311 @@
+"""The configuration space of a model: its target matrices and one QuantSetting per matrix.
+
+Data flow: model -> ConfigSpace (matrices, fingerprint) -> Configuration (a setting per
+matrix) <-> JSON file / (n_matrices, 5) index encoding / avg_bits and packed bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from coalora.errors import ConfigError, ModelMismatchError
+from coalora.quant.nf import FAMILIES
+from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, QuantSetting
+from coalora.quant.storage import packed_bytes
+
+CONFIG_FORMAT = "coalora.configuration/v1"
+MODULE_TYPES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_TYPES = MODULE_TYPES[:4]
+MLP_TYPES = MODULE_TYPES[4:]
+_TARGET_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(" + "|".join(MODULE_TYPES) + r")$")
+
+PRESETS: dict[str, QuantSetting] = {
+    "nf4": QuantSetting(4, 8, "fp32", 64, 256),
+    "nf3": QuantSetting(3, 8, "fp32", 64, 256),
+    "nf2": QuantSetting(2, 8, "fp32", 64, 256),
+    "nf8": QuantSetting(8, 8, "fp32", 64, 256),
+    "min": QuantSetting(2, 2, "bf16", 64, 256),  # the cheapest setting: 2.032 bits
+    "max": QuantSetting(8, 8, "fp32", 16, 16),  # the most precise setting: 8.625 bits
+}
+PRESET_HELP = {
+    "nf4": "every matrix NF4, 8-bit scales, fp32 group scales, blocks 64x256 (4.127 bits)",
+    "nf3": "as nf4 with 3-bit weights (3.127 bits)",
+    "nf2": "as nf4 with 2-bit weights (2.127 bits)",
+    "nf8": "as nf4 with 8-bit weights (8.127 bits)",
+    "min": "the cheapest setting everywhere (2.032 bits)",
+    "max": "the most precise setting everywhere (8.625 bits)",
+}
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    """One quantizable projection: full module name, type (q_proj...down_proj), block index, shape."""
+
+    name: str
+    module_type: str
+    block: int
+    shape: tuple[int, int]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ConfigSpace:
+    """The target matrices of one base model, in module order."""
+
+    model_name: str
+    matrices: tuple[MatrixInfo, ...]
+    n_blocks: int
+    _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.matrices:
+            raise ConfigError(f"model {self.model_name!r} has no quantizable projections (q/k/v/o/gate/up/down_proj)")
+        self._index.update({m.name: i for i, m in enumerate(self.matrices)})
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, model_name: str) -> "ConfigSpace":
+        """Every q/k/v/o/gate/up/down projection of every transformer block of `model`."""
+        mats = []
+        for name, module in model.named_modules():
+            m = _TARGET_RE.search(name)
+            if m and isinstance(module, torch.nn.Linear):
+                mats.append(MatrixInfo(name, m.group(2), int(m.group(1)), tuple(module.weight.shape)))
+        n_blocks = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        if n_blocks is None:
+            n_blocks = 1 + max((m.block for m in mats), default=-1)
+        return cls(model_name, tuple(mats), int(n_blocks))
+
+    # ---- lookups ------------------------------------------------------------------
+    @property
+    def n_matrices(self) -> int:
+        return len(self.matrices)
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.numel for m in self.matrices)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the target matrix names and shapes (what a configuration must agree with)."""
+        text = "\n".join(f"{m.name}:{'x'.join(map(str, m.shape))}" for m in self.matrices)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def index(self, name: str) -> int:
+        if name not in self._index:
+            examples = ", ".join(m.name for m in self.matrices[:3])
+            raise ConfigError(
+                f"unknown matrix name {name!r} for model {self.model_name!r}; "
+                f"names look like {examples} ({self.n_matrices} matrices)"
+            )
+        return self._index[name]
+
+    # ---- making configurations ------------------------------------------------------
+    def uniform(self, setting: QuantSetting, family: str = "nf") -> "Configuration":
+        return Configuration(self, (setting,) * self.n_matrices, family)
+
+    def preset(self, name: str) -> "Configuration":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets are {', '.join(PRESETS)}")
+        return self.uniform(PRESETS[name])
+
+    def sample(self, n: int, seed: int = 0) -> list["Configuration"]:
+        """`n` configurations with every field of every matrix drawn uniformly (seeded)."""
+        g = torch.Generator().manual_seed(seed)
+        sizes = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES])
+        out = []
+        for _ in range(n):
+            idx = (torch.rand(self.n_matrices, len(FIELD_NAMES), generator=g) * sizes).long()  # (M, 5)
+            out.append(self.decode(idx))
+        return out
+
+    def decode(self, indices: torch.Tensor | Iterable, family: str = "nf") -> "Configuration":
+        """(n_matrices, 5) or flat (5 * n_matrices,) field indices -> Configuration."""
+        idx = torch.as_tensor(indices).reshape(-1)
+        if idx.numel() != self.n_matrices * len(FIELD_NAMES):
+            raise ConfigError(
+                f"an encoding for {self.model_name!r} has {self.n_matrices * len(FIELD_NAMES)} entries "
+                f"({self.n_matrices} matrices x {len(FIELD_NAMES)} fields), got {idx.numel()}"
+            )
+        rows = idx.view(self.n_matrices, len(FIELD_NAMES)).tolist()
+        return Configuration(self, tuple(QuantSetting.from_indices(r) for r in rows), family)
+
+    def from_dict(self, data: Mapping[str, Any]) -> "Configuration":
+        """Parse the JSON object of a configuration (see README, 'Configuration files')."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a configuration must be a JSON object, got {type(data).__name__}")
+        allowed = {"format", "model", "fingerprint", "family", "default", "matrices"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys are {', '.join(sorted(allowed))}")
+        if data.get("format") != CONFIG_FORMAT:
+            raise ConfigError(f"field 'format' has value {data.get('format')!r}; expected {CONFIG_FORMAT!r}")
+        fp = data.get("fingerprint")
+        if fp is not None and fp != self.fingerprint:
+            raise ModelMismatchError(
+                f"this configuration was made for model {data.get('model')!r} (fingerprint {fp}), "
+                f"not for {self.model_name!r} (fingerprint {self.fingerprint}): its matrix names or shapes differ"
+            )
+        family = data.get("family", "nf")
+        if family not in FAMILIES:
+            raise ConfigError(f"field 'family' has value {family!r}; allowed values are {', '.join(FAMILIES)}")
+        default = QuantSetting.from_dict(data.get("default", {}), where="default")
+        matrices = data.get("matrices", {})
+        if not isinstance(matrices, Mapping):
+            raise ConfigError(f"field 'matrices' must be an object of matrix name -> fields, got {type(matrices).__name__}")
+        settings = [default] * self.n_matrices
+        for name, over in matrices.items():
+            settings[self.index(name)] = QuantSetting.from_dict(over, base=default, where=f"matrix {name!r}")
+        return Configuration(self, tuple(settings), family)
+
+    def load(self, spec: str | Path) -> "Configuration":
+        """A preset name or the path of a configuration JSON file."""
+        spec_s = str(spec)
+        if spec_s in PRESETS:
+            return self.preset(spec_s)
+        path = Path(spec_s)
+        if not path.suffix and not path.exists():
+            raise ConfigError(f"unknown preset {spec_s!r}; known presets are {', '.join(PRESETS)} (or give a JSON file)")
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {spec_s!r}: {e.strerror or e}") from None
+        return self.loads(text, source=spec_s)
+
+    def loads(self, text: str, source: str = "configuration") -> "Configuration":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        return self.from_dict(data)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One QuantSetting per target matrix of `space` (aligned with space.matrices)."""
+
+    space: ConfigSpace
+    settings: tuple[QuantSetting, ...]
+    family: str = "nf"
+
+    def __post_init__(self) -> None:
+        if len(self.settings) != self.space.n_matrices:
+            raise ConfigError(f"{len(self.settings)} settings for {self.space.n_matrices} matrices")
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Configuration)
+            and self.space.fingerprint == other.space.fingerprint
+            and self.settings == other.settings
+            and self.family == other.family
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.space.fingerprint, self.settings, self.family))
+
+    def setting(self, name: str) -> QuantSetting:
+        return self.settings[self.space.index(name)]
+
+    def items(self) -> Iterable[tuple[MatrixInfo, QuantSetting]]:
+        return zip(self.space.matrices, self.settings)
+
+    def with_settings(self, changes: Mapping[str, QuantSetting]) -> "Configuration":
+        """A copy with some matrices' settings replaced (by full matrix name)."""
+        s = list(self.settings)
+        for name, setting in changes.items():
+            s[self.space.index(name)] = setting
+        return Configuration(self.space, tuple(s), self.family)
+
+    # ---- storage --------------------------------------------------------------------
+    @property
+    def avg_bits(self) -> float:
+        """sum_i n_i bpp(c_i) / sum_i n_i over the quantized matrices (method.md section 2)."""
+        total = sum(m.numel * s.bits_per_param for m, s in self.items())
+        return total / self.space.n_params
+
+    @property
+    def packed_bytes(self) -> int:
+        """Exact bytes of all quantized matrices in our packed format (padding and offsets
+        included; embeddings, norms, LM head and adapters not counted)."""
+        return sum(packed_bytes(m.numel, s) for m, s in self.items())
+
+    # ---- encodings --------------------------------------------------------------------
+    def encode(self) -> torch.Tensor:
+        """(n_matrices, 5) long tensor of field indices (columns in FIELD_NAMES order)."""
+        return torch.tensor([s.to_indices() for s in self.settings], dtype=torch.long)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON object: the most common setting as "default", other matrices as overrides."""
+        default = Counter(self.settings).most_common(1)[0][0]
+        d = default.to_dict()
+        matrices = {}
+        for m, s in self.items():
+            diff = {k: v for k, v in s.to_dict().items() if d[k] != v}
+            if diff:
+                matrices[m.name] = diff
+        out: dict[str, Any] = {
+            "format": CONFIG_FORMAT,
+            "model": self.space.model_name,
+            "fingerprint": self.space.fingerprint,
+        }
+        if self.family != "nf":
+            out["family"] = self.family
+        out["default"] = d
+        out["matrices"] = matrices
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    @property
+    def hash(self) -> str:
+        """Content hash (independent of how the JSON was written): 16 hex digits."""
+        text = json.dumps([self.space.fingerprint, self.family, [s.to_indices() for s in self.settings]])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON atomically (temp file + rename)."""
+        from coalora.io import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_json())
+
+    # ---- summaries ----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Machine-readable summary: totals, per block and per module type."""
+
+        def avg(pairs: list[tuple[MatrixInfo, QuantSetting]]) -> float:
+            n = sum(m.numel for m, _ in pairs)
+            return sum(m.numel * s.bits_per_param for m, s in pairs) / n
+
+        pairs = list(self.items())
+        return {
+            "model": self.space.model_name,
+            "fingerprint": self.space.fingerprint,
+            "config_hash": self.hash,
+            "family": self.family,
+            "avg_bits": self.avg_bits,
+            "packed_bytes": self.packed_bytes,
+            "n_matrices": self.space.n_matrices,
+            "n_params": self.space.n_params,
+            "per_block": {
+                str(b): avg([p for p in pairs if p[0].block == b])
+                for b in sorted({m.block for m in self.space.matrices})
+            },
+            "per_module_type": {
+                t: avg([p for p in pairs if p[0].module_type == t])
+                for t in MODULE_TYPES
+                if any(m.module_type == t for m in self.space.matrices)
+            },
+        }

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random Llama models built in code (no download, milliseconds).
+
+Tests marked `real` use the embedded SmolLM2-135M (converted once into the cache).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def make_tiny_llama(n_layers: int = 2, hidden: int = 64, vocab_size: int = 256, seed: int = 0, bias: bool = False):
+    """A randomly initialised LlamaForCausalLM: 2 blocks, hidden 64, 4 heads / 2 KV heads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        attention_bias=bias,
+        mlp_bias=bias,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_space(tiny_model):
+    from coalora.space import ConfigSpace
+
+    return ConfigSpace.from_model(tiny_model, "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """The converted SmolLM2-135M folder (converted on first use, ~20-30 s)."""
+    from coalora.models import embedded_model_dir
+
+    return embedded_model_dir(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def real_model(real_model_dir):
+    """(model, tokenizer) of SmolLM2-135M in fp32, shared by the whole session: do not mutate."""
+    from coalora.models import load_model
+
+    return load_model("smollm2-135m", quiet=True)

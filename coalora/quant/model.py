@@ -1,0 +1,91 @@
+"""Switch a live model's target matrices between quantization configurations.
+
+Simulated ("fake") quantization: each target nn.Linear gets the dequantized weights of its
+setting, computed in float32 from the original weights. Only matrices whose setting changed
+since the last call are re-quantized, and results are kept in an LRU cache keyed by
+(matrix, setting, family), bounded in bytes (default 1 GiB, about 2.5 full SmolLM2
+configurations in fp32), so flipping between recent configurations is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from coalora.quant.nf import fake_quantize
+from coalora.quant.setting import QuantSetting
+from coalora.space import ConfigSpace, Configuration
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+_Key = tuple[str, QuantSetting, str]
+
+
+class WeightSwitcher:
+    """Owns the original weights of `space`'s matrices in `model` and applies configurations.
+
+    `apply(config)` writes the quantized weights into the modules in place (`weight.data`),
+    `apply(None)` restores the originals. Memory: one float32 copy of the target weights
+    (425 MB for SmolLM2-135M) plus the cache.
+    """
+
+    def __init__(self, model: torch.nn.Module, space: ConfigSpace, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        modules = dict(model.named_modules())
+        missing = [m.name for m in space.matrices if m.name not in modules]
+        if missing:
+            raise ValueError(f"model lacks {len(missing)} matrices of the space, e.g. {missing[0]!r}")
+        self.space = space
+        self.modules: dict[str, torch.nn.Linear] = {m.name: modules[m.name] for m in space.matrices}
+        self.originals = {n: mod.weight.detach().to(torch.float32).clone() for n, mod in self.modules.items()}
+        self.current: dict[str, tuple[QuantSetting, str] | None] = {n: None for n in self.modules}
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[_Key, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
+        self.stats = {"quantized": 0, "cache_hits": 0}
+
+    def _quantized(self, name: str, setting: QuantSetting, family: str) -> torch.Tensor:
+        key = (name, setting, family)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return hit
+        dtype = self.modules[name].weight.dtype
+        w = fake_quantize(self.originals[name], setting, family).to(dtype)
+        self.stats["quantized"] += 1
+        size = w.numel() * w.element_size()
+        if size <= self.cache_bytes:
+            self._cache[key] = w
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.numel() * old.element_size()
+        return w
+
+    @torch.no_grad()
+    def apply(self, config: Configuration | None) -> int:
+        """Make the model compute under `config` (None: original weights). -> #matrices changed."""
+        if config is not None and config.space.fingerprint != self.space.fingerprint:
+            from coalora.errors import ModelMismatchError
+
+            raise ModelMismatchError(
+                f"configuration for {config.space.model_name!r} does not fit {self.space.model_name!r}"
+            )
+        changed = 0
+        for m in self.space.matrices:
+            want = None if config is None else (config.setting(m.name), config.family)
+            if self.current[m.name] == want:
+                continue
+            mod = self.modules[m.name]
+            if want is None:
+                mod.weight.data = self.originals[m.name].to(mod.weight.dtype)
+            else:
+                mod.weight.data = self._quantized(m.name, *want)
+            self.current[m.name] = want
+            changed += 1
+        return changed
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0

@@ -19,3 +19,11 @@ class ModelLoadError(CoaloraError):
 
 class DataError(CoaloraError):
     """A task or data split is unknown or cannot be read."""
+
+
+class CheckpointError(CoaloraError):
+    """A checkpoint folder is missing, incomplete, of an unknown format, or not safetensors."""
+
+
+class OutputExistsError(CoaloraError):
+    """An output folder already exists and overwriting was not asked for (--force)."""

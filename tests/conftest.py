@@ -63,3 +63,23 @@ def real_model(real_model_dir):
     from coalora.models import load_model
 
     return load_model("smollm2-135m", quiet=True)
+
+
+def save_tiny_model_dir(path, seed: int = 0, n_layers: int = 2):
+    """Save make_tiny_llama(seed) plus a 256-word word-level tokenizer to the folder `path`,
+    so code that loads a base model by name (coalora.models.load_model) can use it offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(255)} | {"<unk>": 255}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    make_tiny_llama(n_layers=n_layers, seed=seed).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A folder holding a saved tiny Llama (seed 0) and tokenizer: a base model 'name' for load_model."""
+    return save_tiny_model_dir(tmp_path / "tiny-base")

@@ -1,0 +1,242 @@
+"""Checkpoints of a CoaLoraModel: a folder with adapter.safetensors (A, B, θ and anything
+else left trainable) and checkpoint.json (metadata). Never pickle: safetensors + JSON only.
+
+checkpoint.json holds: the format tag, the base model (name, structure fingerprint = the
+configuration space's, weights fingerprint = hash of a sample of the original weights), the
+LoraSpec (rank, alpha, dropout, θ sizes, seed), θ's architecture, the configuration space,
+the tensor file's sha256, the code version, and whatever the trainer passes in (training
+recipe, data-split manifest, seed ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coalora.errors import CheckpointError, ConfigError, ModelMismatchError, OutputExistsError
+from coalora.io import atomic_folder
+from coalora.lora.model import CoaLoraModel
+from coalora.lora.spec import LoraSpec
+from coalora.quant.setting import FIELD_VALUES
+from coalora.space import ConfigSpace
+
+CHECKPOINT_FORMAT = "coalora.checkpoint/v1"
+META_FILE = "checkpoint.json"
+TENSOR_FILE = "adapter.safetensors"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "default"
+RESERVED_KEYS = ("format", "base_model", "lora", "theta", "space", "tensors", "code_version")
+_SAMPLE = 64  # values per matrix hashed into the weights fingerprint
+
+
+def weights_fingerprint(model: CoaLoraModel) -> str:
+    """16 hex digits: sha256 over the first values of every original target matrix and the
+    input embedding, rounded to bf16 first so fp32 and bf16 loads of one model agree."""
+    h = hashlib.sha256(model.space.fingerprint.encode())
+    tensors = [model.switcher.originals[m.name] for m in model.space.matrices]
+    emb = model.model.get_input_embeddings() if hasattr(model.model, "get_input_embeddings") else None
+    if emb is not None:
+        tensors.append(emb.weight.detach())
+    for t in tensors:
+        sample = t.reshape(-1)[:_SAMPLE].to(torch.float32).to(torch.bfloat16).cpu()
+        h.update(sample.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _space_description(space: ConfigSpace) -> dict[str, Any]:
+    return {
+        "model_name": space.model_name,
+        "fingerprint": space.fingerprint,
+        "n_blocks": space.n_blocks,
+        "n_matrices": space.n_matrices,
+        "n_params": space.n_params,
+        "module_types": sorted({m.module_type for m in space.matrices}),
+        "fields": {k: list(v) for k, v in FIELD_VALUES.items()},
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: CoaLoraModel, path: str | Path, metadata: dict[str, Any] | None = None,
+                    overwrite: bool = True) -> Path:
+    """Write `model`'s trainable tensors and metadata to the folder `path`, atomically.
+
+    `metadata`: JSON-serialisable extras (training recipe, data-split manifest, seed ...);
+    the keys in RESERVED_KEYS are written by this function. An existing folder is replaced
+    only if it is a coalora checkpoint (and `overwrite`); any other existing path is refused.
+    """
+    from safetensors.torch import save_file
+
+    from coalora.version import code_version
+
+    path = Path(path)
+    metadata = dict(metadata or {})
+    clash = sorted(set(metadata) & set(RESERVED_KEYS))
+    if clash:
+        raise ConfigError(f"metadata key(s) {', '.join(map(repr, clash))} are reserved; reserved keys are {', '.join(RESERVED_KEYS)}")
+    if path.exists():
+        is_ckpt = path.is_dir() and ((path / META_FILE).exists() or not any(path.iterdir()))
+        if not (overwrite and is_ckpt):
+            raise OutputExistsError(
+                f"checkpoint path {str(path)!r} already exists"
+                + ("" if is_ckpt else " and is not a coalora checkpoint folder; choose another path")
+            )
+    tensors = {n: t.to("cpu").contiguous() for n, t in model.trainable_state_dict().items()}
+    with atomic_folder(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "pt"})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "base_model": {
+                "name": model.space.model_name,
+                "fingerprint": model.space.fingerprint,
+                "weights_fingerprint": weights_fingerprint(model),
+            },
+            "lora": model.spec.to_dict(),
+            "theta": model.theta.architecture() if model.theta is not None else None,
+            "space": _space_description(model.space),
+            "tensors": {
+                "file": TENSOR_FILE,
+                "sha256": _sha256(tmp / TENSOR_FILE),
+                "n_tensors": len(tensors),
+                "n_params": sum(t.numel() for t in tensors.values()),
+            },
+            "code_version": code_version(),
+            **metadata,
+        }
+        try:
+            text = json.dumps(meta, indent=1, sort_keys=False, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"checkpoint metadata is not JSON-serialisable: {e}") from None
+        (tmp / META_FILE).write_text(text)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """'default' -> DEFAULT_CHECKPOINT; otherwise the path itself."""
+    return DEFAULT_CHECKPOINT if str(path) == "default" else Path(path).expanduser()
+
+
+def read_metadata(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Validate a checkpoint folder without loading any model -> (folder, metadata).
+
+    Checks: folder exists, checkpoint.json is a JSON object of a known format, the tensor
+    file exists, its sha256 matches, and it is a safetensors file.
+    """
+    folder = resolve_checkpoint(path)
+    if not folder.exists():
+        hint = " (the default checkpoint has not been trained yet)" if folder == DEFAULT_CHECKPOINT else ""
+        raise CheckpointError(f"checkpoint folder {str(folder)!r} does not exist{hint}")
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {str(folder)!r} is a file; give the checkpoint folder (with {META_FILE} and {TENSOR_FILE})")
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{str(folder)!r} is not a coalora checkpoint: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(meta_path)!r} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{str(meta_path)!r} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(meta_path)!r}: unknown metadata format {meta.get('format')!r}; this coalora reads {CHECKPOINT_FORMAT!r}"
+        )
+    for key in ("base_model", "lora", "tensors"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{str(meta_path)!r}: field {key!r} is missing or not an object")
+    name = meta["tensors"].get("file")
+    # The tensor file must be a plain safetensors name inside the folder (no paths, no pickles).
+    if not isinstance(name, str) or "/" in name or "\\" in name or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{str(meta_path)!r}: tensor file {name!r} must be a '.safetensors' file name inside the folder")
+    tensor_path = folder / name
+    if not tensor_path.is_file():
+        raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {name} is missing")
+    _check_safetensors(tensor_path)
+    want = meta["tensors"].get("sha256")
+    if want is not None and _sha256(tensor_path) != want:
+        raise CheckpointError(f"{str(tensor_path)!r} does not match the sha256 in {META_FILE}: the file was changed or damaged")
+    return folder, meta
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not a valid safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.float32,
+                    model: torch.nn.Module | None = None, tokenizer: Any = None,
+                    quiet: bool = True) -> tuple[CoaLoraModel, Any, dict[str, Any]]:
+    """Load a checkpoint onto its base model -> (CoaLoraModel, tokenizer, metadata).
+
+    Without `model`, the base model named in the metadata is loaded with
+    coalora.models.load_model in `dtype`. A given `model` must be an unwrapped HF model with
+    its original weights (it is wrapped in place; on a mismatch it is left as it was); the
+    returned tokenizer is then `tokenizer` (None unless given).
+    Refuses: missing folder or files, unknown format, non-safetensors or altered tensor
+    file, and a base model whose structure or weights fingerprint differs.
+    """
+    from safetensors.torch import load_file
+
+    folder, meta = read_metadata(path)
+    try:
+        spec = LoraSpec.from_dict(meta["lora"])
+    except ConfigError as e:
+        raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
+    base = meta["base_model"]
+    name = base.get("name")
+    if model is None:
+        from coalora.models import load_model
+
+        model, tokenizer = load_model(name, dtype=dtype, quiet=quiet)
+    space = ConfigSpace.from_model(model, name)
+    if space.fingerprint != base.get("fingerprint"):
+        raise ModelMismatchError(
+            f"checkpoint {str(folder)!r} was trained on {name!r} (structure fingerprint {base.get('fingerprint')}); "
+            f"the given model's projections differ (fingerprint {space.fingerprint})"
+        )
+    wrapped = CoaLoraModel(model, space, spec)
+    try:
+        fp = weights_fingerprint(wrapped)
+        if base.get("weights_fingerprint") not in (None, fp):
+            raise ModelMismatchError(
+                f"checkpoint {str(folder)!r} was trained on other weights than the given model's "
+                f"(weights fingerprint {base.get('weights_fingerprint')} vs {fp}); load its base model {name!r}"
+            )
+        _load_tensors(wrapped, load_file(str(folder / meta["tensors"]["file"])), folder)
+    except BaseException:
+        wrapped.unwrap()  # leave a caller's model as it was
+        raise
+    return wrapped, tokenizer, meta
+
+
+def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    params = dict(model.named_trainable_parameters())
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        raise CheckpointError(f"tensors of {str(folder)!r} do not fit the model: {', '.join(parts)}")
+    with torch.no_grad():
+        for n, p in params.items():
+            t = tensors[n]
+            if t.shape != p.shape:
+                raise CheckpointError(f"tensor {n!r} of {str(folder)!r} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
+            p.copy_(t)

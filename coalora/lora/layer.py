@@ -1,0 +1,62 @@
+"""The adapted linear: a frozen (quantized) base projection plus s · B (I + U) A x.
+
+Wraps, doesn't fork (as peft does): `base_layer` is the model's own nn.Linear, whose
+weight the WeightSwitcher overwrites with the quantized weights of the current
+configuration; its bias is kept. The mixing matrix M = I + U of this matrix is set from
+outside (CoaLoraModel runs θ once for all matrices and hands each layer its slice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class CoaLoraLinear(nn.Module):
+    """y = base(x) + s · ((dropout(x) A^T) M^T) B^T.
+
+    base_layer: nn.Linear (out, in), frozen.  lora_A.weight: (r, in), kaiming-uniform as in
+    peft.  lora_B.weight: (out, r), zeros, so a new adapter leaves the base unchanged.
+    M: (r, r) or None (None means M = I: plain LoRA).
+    The adapter path is computed in the adapter's dtype (float32) and added in x's dtype,
+    as peft does, so bf16 compute keeps float32 adapter weights.
+    """
+
+    def __init__(self, base_layer: nn.Linear, rank: int, scaling: float, dropout: float = 0.0,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank, self.scaling = rank, scaling
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        device = base_layer.weight.device
+        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False, device=device, dtype=torch.float32)
+        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False, device=device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
+        nn.init.zeros_(self.lora_B.weight)
+        self.M: torch.Tensor | None = None  # (r, r); a plain attribute, never saved
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def delta_weight(self) -> torch.Tensor:
+        """s · B M A: the (out, in) weight the adapter adds, float32."""
+        B = self.lora_B.weight if self.M is None else self.lora_B.weight @ self.M  # (out, r)
+        return self.scaling * (B @ self.lora_A.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)  # (..., out)
+        dt = self.lora_A.weight.dtype
+        h = self.lora_A(self.lora_dropout(x.to(dt)))  # (..., r)
+        if self.M is not None:
+            h = h @ self.M.to(dt).T  # (..., r)
+        return y + (self.lora_B(h) * self.scaling).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scaling={self.scaling:g}, mixing={'theta' if self.M is not None else 'identity'}"

@@ -1,0 +1,103 @@
+"""`coalora allocate`: a configuration for an average bit budget (ILP or GP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from coalora.cli.common import add_model_arg
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "allocate",
+        help="choose a per-matrix configuration for an average bit budget",
+        description=(
+            "ilp: the integer program of LQ-LoRA (least total quantization error, exactly one "
+            "setting per matrix, avg bits <= budget), solved with HiGHS; the error table is "
+            "cached (assets/ for the default model, else computed once, minutes). gp: the "
+            "configuration a GP fitted to evaluated configurations (--pool, or a checkpoint's "
+            "pool) predicts best under the budget."
+        ),
+    )
+    add_model_arg(p)
+    p.add_argument("--budget", type=float, required=True, help="average bits per weight (at least 2.0322)")
+    p.add_argument("--method", choices=("ilp", "gp"), default="ilp", help="allocation method (default ilp)")
+    p.add_argument("--checkpoint", help="trained checkpoint folder (its pool.json feeds --method gp)")
+    p.add_argument("--pool", help="evaluated configurations for --method gp: result records (JSON lines) or a saved pool")
+    p.add_argument("--task", help="with --pool: use only records of this task")
+    p.add_argument("--weighting", choices=("mse", "fisher"), default="mse",
+                   help="ilp cost: plain squared error, or Fisher-weighted from LAMBADA text (default mse)")
+    p.add_argument("--out", help="write the configuration JSON here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _check_checkpoint(folder: str, fingerprint: str) -> Path:
+    from coalora.errors import ConfigError, ModelMismatchError
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise ConfigError(f"--checkpoint {folder!r} is not a folder")
+    for f in sorted(d.glob("*.json")):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        fp = data.get("fingerprint") if isinstance(data, dict) else None
+        if fp is not None and fp != fingerprint:
+            raise ModelMismatchError(f"checkpoint {folder!r} ({f.name}) was trained on model {data.get('model')!r} "
+                                     f"(fingerprint {fp}), not on this --model (fingerprint {fingerprint})")
+    return d
+
+
+def run(args: argparse.Namespace) -> int:
+    from coalora.errors import ConfigError
+    from coalora.models import build_space_for
+    from coalora.search.allocate import check_budget
+    from coalora.search.pareto import BITS_MIN
+
+    t0 = time.perf_counter()
+    check_budget(args.budget, BITS_MIN)  # fail before loading anything
+    space = build_space_for(args.model)
+    ckpt = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
+    out: dict = {"model": args.model, "method": args.method, "budget": args.budget}
+    if args.method == "ilp":
+        from coalora.search.allocate import allocate_ilp
+        from coalora.search.costs import get_costs
+
+        costs = get_costs(space, weighting=args.weighting, progress=not args.json)
+        res = allocate_ilp(costs, args.budget)
+        config = res.config
+        out.update(res.to_dict(), weighting=args.weighting, costs=costs.meta.get("source", "computed"))
+    else:
+        from coalora.search.front import allocate_gp
+        from coalora.search.gp import fit_surrogate
+        from coalora.search.loop import pool_from_records
+
+        pool_path = Path(args.pool) if args.pool else (ckpt / "pool.json" if ckpt else None)
+        if pool_path is None or not pool_path.exists():
+            raise ConfigError(
+                "--method gp needs evaluated configurations to fit its GP: give --pool FILE (result records, "
+                "JSON lines) or a --checkpoint DIR holding pool.json"
+                + (f"; {str(pool_path)!r} does not exist" if pool_path else "; none was given")
+            )
+        pool = pool_from_records(pool_path, space, args.task)
+        gp = fit_surrogate(pool.configs, pool.values, space)
+        point = allocate_gp(gp, args.budget, candidates=pool.configs)
+        config = point.config
+        out.update(avg_bits=config.avg_bits, predicted_f1=point.mean, predicted_std=point.std,
+                   n_observations=len(pool), pool=str(pool_path))
+    out.update(packed_bytes=config.packed_bytes, config_hash=config.hash, seconds=round(time.perf_counter() - t0, 3))
+    if args.out:
+        config.save(args.out)
+        out["out"] = args.out
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.method}: avg bits {config.avg_bits:.4f} (budget {args.budget:g}), "
+              f"{config.packed_bytes:,} packed bytes, config {config.hash}"
+              + (f" -> {args.out}" if args.out else ""))
+    return 0

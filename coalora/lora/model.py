@@ -159,12 +159,16 @@ class CoaLoraModel(nn.Module):
             M = self.compute_U(config) + torch.eye(self.spec.rank, device=self._static_codes.device)
             return {name: layer.lora_B.weight @ M[i] for i, (name, layer) in enumerate(self.adapted.items())}
 
-    def unwrap(self) -> nn.Module:
-        """Put the original nn.Linear modules and original weights back; return the base model."""
-        self.switcher.apply(None)
+    def unwrap(self, restore_weights: bool = True) -> nn.Module:
+        """Put the original nn.Linear modules back; return the base model. With
+        restore_weights=False the base keeps the current configuration's quantized weights
+        (call `self.switcher.apply(None)` later to restore them)."""
+        if restore_weights:
+            self.switcher.apply(None)
         for name, layer in self.adapted.items():
             parent, _, child = name.rpartition(".")
             setattr(self.model.get_submodule(parent), child, layer.base_layer)
-        self.switcher.clear_cache()
+        if restore_weights:
+            self.switcher.clear_cache()
         self._codes = None
         return self.model

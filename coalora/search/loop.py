@@ -177,8 +177,10 @@ _ACCURACY_METRICS = ("accuracy", "acc", "acc_norm", "f1_score", "matthews")
 def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = None) -> Pool:
     """A Pool from result records (JSON lines) or a saved Pool (POOL_FORMAT JSON).
 
-    A record needs the configuration ("config": its JSON object, or "config_path": a file,
-    relative to the records file), "metric" and "value"; "task" when the file mixes tasks.
+    A record (coalora.results.ResultRecord as JSON) needs the configuration ("config": its
+    JSON object, or "config_path": a preset name or a file, relative to the records file),
+    "metric" and "value"; "task" when the file mixes tasks. Records without a configuration
+    (the unquantized model) are skipped.
     f1 = 1 - value for accuracy-like metrics, else value. Records for another model raise
     ModelMismatchError.
     """
@@ -191,12 +193,17 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
     if stripped.startswith("{") and f'"{POOL_FORMAT}"' in stripped[:200]:
         return Pool.load(path, space)
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
+                if n == len(lines) and not text.endswith("\n"):
+                    continue  # a torn last line (crash while appending): coalora.results skips it too
                 raise ConfigError(f"{path} line {n} is not valid JSON ({e.msg})") from None
+    # Records of the unquantized model ("none": no configuration) cannot join a pool.
+    rows = [r for r in rows if r.get("config") is not None or r.get("config_path") is not None]
     kinds = sorted({(str(r.get("task")), str(r.get("metric"))) for r in rows})
     if task is not None:
         rows = [r for r in rows if r.get("task") == task]
@@ -212,8 +219,11 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
                                      f"not for {space.model_name!r} ({space.fingerprint})")
         if "config" in r and isinstance(r["config"], dict):
             cfg = space.from_dict(r["config"])
-        elif "config_path" in r:
-            cfg = space.load(path.parent / r["config_path"])
+        elif r.get("config_path") is not None:
+            from coalora.space import PRESETS
+
+            ref = r["config_path"]
+            cfg = space.load(ref if ref in PRESETS else path.parent / ref)
         else:
             raise ConfigError(f"{path}: a record has neither 'config' nor 'config_path'")
         if "value" not in r:

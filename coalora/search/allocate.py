@@ -77,7 +77,7 @@ def pareto_settings(errors: torch.Tensor, bpp: torch.Tensor) -> list[np.ndarray]
     return keep
 
 
-def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_rel_gap: float = 1e-6) -> Allocation:
+def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_rel_gap: float = 1e-4) -> Allocation:
     """The configuration of least total quantization error with avg_bits <= `budget`.
 
     Raises ConfigError for a budget below the cheapest setting (naming the minimum).
@@ -96,7 +96,7 @@ def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_
     mat_of = np.concatenate([np.full(len(c), i) for i, c in enumerate(cols)])
     set_of = np.concatenate(cols)
     err = costs.errors.to(torch.float64).numpy()[mat_of, set_of]
-    scale = float(err.max()) or 1.0  # keep objective coefficients O(1) for the solver
+    scale = float(err.mean()) or 1.0  # keep typical objective coefficients O(1) for the solver
     weight = share[mat_of] * bpp.numpy()[set_of]
     n_var = len(set_of)
     one_each = csr_matrix((np.ones(n_var), (mat_of, np.arange(n_var))), shape=(space.n_matrices, n_var))

@@ -119,7 +119,8 @@ def test_cli_export_writes_the_folder(checkpoint, tmp_path, capsys):
     assert ADAPTER_WEIGHTS in files(out) and no_leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("case", ["exists", "no_checkpoint", "not_a_checkpoint", "bad_config", "foreign_config"])
+@pytest.mark.parametrize("case", ["exists", "no_checkpoint", "not_a_checkpoint", "bad_config", "foreign_config",
+                                  "mismatched_model"])
 def test_cli_bad_input_exits_2_and_writes_nothing(case, checkpoint, tmp_path, capsys):
     out, ckpt, config = tmp_path / "out", str(checkpoint), "nf4"
     if case == "exists":
@@ -131,13 +132,18 @@ def test_cli_bad_input_exits_2_and_writes_nothing(case, checkpoint, tmp_path, ca
         ckpt = str(tmp_path)
     elif case == "bad_config":
         config = "nf5"
+    elif case == "mismatched_model":  # the named base model's weights are not those it was trained on
+        meta = json.loads((checkpoint / "checkpoint.json").read_text())
+        meta["base_model"]["weights_fingerprint"] = "0" * 16
+        (checkpoint / "checkpoint.json").write_text(json.dumps(meta))
     else:
         config = str(ConfigSpace.from_model(make_tiny_llama(n_layers=3), "other").preset("nf4").save(tmp_path / "c.json"))
     assert main(["export", "--checkpoint", ckpt, "--config", config, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("coalora export: error:") and len(err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any model-loading progress bar
+    assert err.startswith("coalora export: error:")
     expected = {"exists": "already exists", "no_checkpoint": "does not exist", "not_a_checkpoint": "checkpoint.json is missing",
-                "bad_config": "unknown preset 'nf5'", "foreign_config": "made for model 'other'"}[case]
+                "bad_config": "unknown preset 'nf5'", "foreign_config": "made for model 'other'",
+                "mismatched_model": "trained on other weights"}[case]
     assert expected in err
     if case == "exists":
         assert files(out) == {"mine.txt": b"keep"}

@@ -140,12 +140,16 @@ class LocalSearchResult:
 
 
 def local_search(acqf, start: torch.Tensor, max_steps: int = 20, batch_size: int = 512,
-                 exclude: set[bytes] | None = None) -> LocalSearchResult:
+                 exclude: set[bytes] | None = None, max_moves: int | None = 256,
+                 seed: int = 0) -> LocalSearchResult:
     """Greedy best-improvement +-1 coordinate moves from `start` (D,) long.
 
     `exclude`: encodings (as bytes of the index tensor) never to end on, e.g. already
-    evaluated ones; moves onto them are skipped.
+    evaluated ones; moves onto them are skipped. `max_moves`: evaluate at most this many
+    moves per step, a seeded random subset (the real space has ~1500 moves per point and
+    each costs one acquisition evaluation); None = all.
     """
+    g = torch.Generator().manual_seed(seed)
     cur = start.clone()
     cur_val = float(evaluate(acqf, cur[None], batch_size)[0])
     steps = 0
@@ -154,6 +158,8 @@ def local_search(acqf, start: torch.Tensor, max_steps: int = 20, batch_size: int
         if exclude:
             ok = torch.tensor([row.numpy().tobytes() not in exclude for row in nb])
             nb = nb[ok]
+        if max_moves is not None and nb.shape[0] > max_moves:
+            nb = nb[torch.randperm(nb.shape[0], generator=g)[:max_moves]]
         if nb.shape[0] == 0:
             break
         vals = evaluate(acqf, nb, batch_size)
@@ -167,7 +173,7 @@ def local_search(acqf, start: torch.Tensor, max_steps: int = 20, batch_size: int
 
 def propose(surrogate: Surrogate, n: int = 4, kind: str = "qlognehvi", n_starts: int = 5,
             max_steps: int = 20, n_samples: int = 64, batch_size: int = 512, seed: int = 0,
-            starts: Sequence[Configuration] | None = None) -> list[Configuration]:
+            starts: Sequence[Configuration] | None = None, max_moves: int | None = 256) -> list[Configuration]:
     """`n` new configurations (never ones the surrogate was trained on) chosen by log-EHVI.
 
     Start points: `starts` if given, else the `n_starts` training configurations with the
@@ -182,7 +188,8 @@ def propose(surrogate: Surrogate, n: int = 4, kind: str = "qlognehvi", n_starts:
     for _ in range(n):
         vals = evaluate(acqf, start_idx, batch_size)
         order = torch.argsort(vals, descending=True)[:n_starts]
-        results = [local_search(acqf, start_idx[i], max_steps, batch_size, seen) for i in order.tolist()]
+        results = [local_search(acqf, start_idx[i], max_steps, batch_size, seen, max_moves, seed + i)
+                   for i in order.tolist()]
         results = [r for r in results if r.idx.numpy().tobytes() not in seen]
         if not results:
             break

@@ -86,7 +86,9 @@ class CostTable:
             "code_version": code_version(),
             **self.meta,
         }
-        return atomic_write_text(folder / f"{self.stem}.json", json.dumps(meta, indent=1) + "\n")
+        out = atomic_write_text(folder / f"{self.stem}.json", json.dumps(meta, indent=1) + "\n")
+        out.chmod(0o644)  # atomic_write_text leaves mkstemp's owner-only mode
+        return out
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -95,6 +97,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; this is an ordinary shared file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,7 +251,7 @@ def load_costs(space: ConfigSpace, weighting: str = "mse", family: str = "nf",
                                      f"(fingerprint {meta.get('fingerprint')} != {space.fingerprint})")
         t = load_file(str(blob_path))
         settings = tuple(QuantSetting.from_indices(r) for r in t["setting_indices"].tolist())
-        extra = {k: v for k, v in meta.items() if k in ("seconds", "calibration", "code_version", "torch_threads")}
+        extra = {k: v for k, v in meta.items() if k in ("seconds", "calibration", "code_version", "torch_threads", "sample", "seed")}
         extra["source"] = str(meta_path)
         return CostTable(space, t["errors"], settings, weighting, family, meta.get("weights_digest", ""), extra)
     return None

@@ -1,0 +1,147 @@
+"""`coalora eval`: score a (quantized, optionally adapted) model on a packaged task.
+
+Quick eval by default (the first 128 rows of the task's seeded test part), --limit N for
+another size, --full for every row of the part. Prints a summary (or one JSON object with
+--json) and appends a result record (coalora.results) unless --no-record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from coalora.cli.common import add_model_arg, config_help
+from coalora.errors import CoaloraError, DataError, ModelLoadError, ModelMismatchError
+
+# Where `--checkpoint default` points (coalora.lora.DEFAULT_CHECKPOINT says the same).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "default"
+
+
+def register(sub) -> None:
+    from coalora.data import ALL_PART, PARTS, TASKS
+    from coalora.results import DEFAULT_RECORDS
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model under a quantization configuration on a task",
+        description=(
+            "Apply a quantization configuration to a base model (simulated NF-k weights), "
+            "optionally with a CoA-LoRA checkpoint, and measure a task metric with its "
+            "standard error. Quick eval (a fixed seeded subset) unless --full."
+        ),
+    )
+    add_model_arg(p)
+    p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or 'default' "
+                   f"({DEFAULT_CHECKPOINT}); without it the quantized base is evaluated with no adapter")
+    p.add_argument("--config", default="none", help=config_help() + "; or 'none' for the weights as loaded (default)")
+    p.add_argument("--task", default="sst2", help=f"one of {', '.join(TASKS)} (default: sst2)")
+    p.add_argument("--part", default="test", choices=[*PARTS, ALL_PART],
+                   help="data part (default: test; 'all' only for zero-shot numbers of an untrained base)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows of the part (default 128)")
+    p.add_argument("--full", action="store_true", help="evaluate every row of the part")
+    p.add_argument("--seed", type=int, default=0, help="data split seed (default 0; must match training's)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="compute precision (auto: bf16 where the CPU supports it, else fp32)")
+    p.add_argument("--records", default=str(DEFAULT_RECORDS), help=f"JSON-lines file to append the result to (default {DEFAULT_RECORDS})")
+    p.add_argument("--no-record", action="store_true", help="do not write a result record")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _select_split(args: argparse.Namespace):
+    """The rows to evaluate; fails before any model is loaded."""
+    from coalora.data import load_split
+    from coalora.eval import DEFAULT_N
+
+    if args.full and args.limit is not None:
+        raise DataError("--limit and --full exclude each other: --full evaluates every row of the part")
+    split = load_split(args.task, args.part, args.seed)
+    if args.full:
+        return split
+    if args.limit is None:
+        return split.head(min(DEFAULT_N, len(split)))
+    return split.head(args.limit)  # DataError for 0, negative, or more rows than the part has
+
+
+def _load(args: argparse.Namespace):
+    """-> (model, tokenizer, space, method, checkpoint path or None)."""
+    import torch
+
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+
+    if args.checkpoint is None:
+        model, tok = load_model(args.model, dtype=torch.float32, quiet=args.json)
+        return model, tok, ConfigSpace.from_model(model, args.model), "base", None
+    try:
+        from coalora.lora import load_checkpoint
+    except ImportError as e:
+        raise ModelLoadError(f"--checkpoint needs coalora.lora, which cannot be imported here ({e})") from None
+    if args.config == "none":
+        raise CoaloraError("--config none cannot be used with --checkpoint: an adapter is evaluated under a "
+                           "quantization configuration (give a preset such as nf4 or a configuration file)")
+    path = args.checkpoint if args.checkpoint == "default" else Path(args.checkpoint)
+    if args.checkpoint == "default" and not DEFAULT_CHECKPOINT.is_dir():
+        raise ModelLoadError(f"the default checkpoint {DEFAULT_CHECKPOINT} does not exist (not trained yet)")
+    model, tok, meta = load_checkpoint(path, dtype=torch.float32, quiet=args.json)
+    meta = meta or {}
+    base = (meta.get("base_model") or {}).get("name")
+    if base is not None and base != args.model:
+        raise ModelMismatchError(f"checkpoint {str(path)!r} was trained on model {base!r}, not --model {args.model!r}")
+    method = (meta.get("training") or {}).get("method", "coalora")
+    return model, tok, model.space, method, str(DEFAULT_CHECKPOINT if args.checkpoint == "default" else path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from coalora.eval import iter_eval
+    from coalora.quant.model import WeightSwitcher
+    from coalora.results import ResultRecord, append_record
+
+    split = _select_split(args)
+    model, tok, space, method, checkpoint = _load(args)
+    config = None if args.config == "none" else space.load(args.config)
+    if checkpoint is None:
+        WeightSwitcher(model, space).apply(config)
+    else:
+        model.set_configuration(config)
+
+    bar = tqdm(total=len(split), desc=f"eval {args.task}", unit="row", file=sys.stderr, disable=None, leave=False)
+    est = None
+    for est in iter_eval(model, tok, split, dtype=args.dtype, stream=True):
+        bar.update(est.n - bar.n)
+        bar.set_postfix_str(f"{est.metric} {est.value:.4f} ± {est.stderr:.4f}")
+    bar.close()
+    assert est is not None
+
+    record = ResultRecord(
+        task=args.task, metric=est.metric, value=est.value, stderr=est.stderr, n=est.n, model=args.model,
+        method=method, checkpoint=checkpoint,
+        config_hash=None if config is None else config.hash,
+        config_path=None if config is None else str(args.config),
+        config=None if config is None else config.to_dict(),
+        avg_bits=None if config is None else config.avg_bits,
+        packed_bytes=None if config is None else config.packed_bytes,
+        seed=args.seed, split=split.manifest, split_hash=split.manifest_hash,
+        seconds=est.seconds, dtype=est.dtype, extra=dict(est.extra),
+    )
+    if not args.no_record:
+        append_record(args.records, record)
+    out = {k: v for k, v in record.to_dict().items() if k != "config"}
+    out["records"] = None if args.no_record else args.records
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    bits = "as loaded (no quantization)" if config is None else f"{config.avg_bits:.3f} bits/weight, {config.packed_bytes:,} bytes"
+    print(f"model     {args.model} ({method}{', ' + checkpoint if checkpoint else ''})")
+    print(f"config    {args.config}: {bits}")
+    print(f"task      {args.task} / {args.part} (seed {args.seed}, {est.n} rows, split {split.manifest_hash})")
+    print(f"{est.metric:<9} {est.value:.4f} ± {est.stderr:.4f}   ({est.seconds:.1f} s, {est.dtype})")
+    for k, v in est.extra.items():
+        print(f"{k:<9} {v}")
+    if not args.no_record:
+        print(f"record    appended to {args.records}")
+    return 0

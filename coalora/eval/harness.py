@@ -1,0 +1,257 @@
+"""Quick and full evaluation of a causal LM on a packaged task, streaming running estimates.
+
+    for est in iter_quick_eval(model, tok, "sst2", n=128):   # one Estimate per chunk
+        print(est.value, "+-", est.stderr, est.n, est.done)
+
+Rows are taken in their split's seeded order and processed in chunks of growing size
+(16, 32, 64, ... rows). Each chunk is a random sample of the part, so every streamed
+estimate is unbiased; inside a chunk, rows are length-sorted into batches (padding waste
+stays small). A full eval runs one chunk: every row, globally length-sorted.
+
+Metrics: accuracy (stderr sqrt(p(1-p)/n), binomial) for label and multiple-choice tasks;
+bits per byte (primary) and token perplexity for lambada, with delta-method stderrs of
+these ratio estimators over passages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from coalora.data import Split, load_split, task_spec
+from coalora.eval import scoring
+from coalora.eval.prompts import ChoicePrompt, LabelPrompt, TextPrompt, make_prompt
+
+DEFAULT_N = 128
+FIRST_CHUNK = 16
+MAX_CHUNK = 128
+MAX_TEXT_TOKENS = 1024
+# (batch_size, padded-token budget) per task kind: keeps a batch's fp32 logits under ~0.5 GB.
+BATCH = {"label": (64, 4096), "choice": (16, 2048), "lm": (16, 2048)}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A (running) estimate of a task metric.
+
+    scores: per-row values in processing order (1/0 correct for accuracy; nats of each
+    passage for lambada), for paired comparisons between models on the same rows."""
+
+    metric: str
+    value: float
+    stderr: float
+    n: int
+    seconds: float
+    done: bool
+    task: str = ""
+    n_target: int = 0
+    dtype: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)
+    scores: tuple[float, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "metric": self.metric, "value": self.value, "stderr": self.stderr,
+            "n": self.n, "seconds": self.seconds, "done": self.done, "dtype": self.dtype, **self.extra,
+        }
+
+
+# ---- statistics -------------------------------------------------------------------------
+def binomial_stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n independent rows: sqrt(p(1-p)/n)."""
+    return math.sqrt(p * (1.0 - p) / n) if n > 0 else float("nan")
+
+
+def ratio_stderr(x: Sequence[float], y: Sequence[float]) -> float:
+    """Delta-method stderr of R = sum(x)/sum(y) over n units (nan for n < 2)."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    xt, yt = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    r = xt.sum() / yt.sum()
+    resid = xt - r * yt
+    return float(torch.sqrt((resid**2).sum() / (n * (n - 1))) / yt.mean())
+
+
+# ---- encoding rows to token ids -------------------------------------------------------
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _pad_id(tokenizer) -> int:
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def _label_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
+    ids = [_ids(tokenizer, w, False)[0] for w in words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"label words {words} share their first token under this tokenizer")
+    return ids
+
+
+# ---- per-chunk scoring -------------------------------------------------------------------
+def _score_label(model, tokenizer, prompts: list[LabelPrompt], ctx) -> list[float]:
+    seqs = [_ids(tokenizer, p.prompt, True) for p in prompts]
+    label_ids = torch.tensor(_label_token_ids(tokenizer, prompts[0].label_words))
+    bs, budget = BATCH["label"]
+    correct = [0.0] * len(prompts)
+    for batch in scoring.length_batches([len(s) for s in seqs], bs, budget):
+        with ctx():
+            lp = scoring.last_token_logprobs(model, [seqs[i] for i in batch], _pad_id(tokenizer))
+        pred = lp[:, label_ids.to(lp.device)].argmax(-1).tolist()
+        for i, p in zip(batch, pred):
+            correct[i] = float(p == prompts[i].label)
+    return correct
+
+
+def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[float]:
+    # Units: (context ids, [continuation ids]) run together; a shared-context question is
+    # one unit, otherwise (WinoGrande) each choice is its own unit.
+    units: list[tuple[list[int], list[list[int]]]] = []
+    where: list[list[tuple[int, int]]] = []  # per prompt, per choice: (unit, index in unit)
+    for p in prompts:
+        conts = [_ids(tokenizer, c, False) for c in p.continuations]
+        if p.shared_context:
+            where.append([(len(units), j) for j in range(len(conts))])
+            units.append((_ids(tokenizer, p.contexts[0], True), conts))
+        else:
+            where.append([(len(units) + j, 0) for j in range(len(conts))])
+            units.extend((_ids(tokenizer, c, True), [x]) for c, x in zip(p.contexts, conts))
+    cost = [len(c) + len(xs) * max(len(x) for x in xs) for c, xs in units]
+    bs, budget = BATCH["choice"]
+    unit_scores: list[torch.Tensor] = [torch.empty(0)] * len(units)
+    for batch in scoring.length_batches(cost, bs, budget):
+        with ctx():
+            out = scoring.shared_context_logprobs(
+                model, [units[i][0] for i in batch], [units[i][1] for i in batch], _pad_id(tokenizer)
+            )
+        for i, s in zip(batch, out):
+            unit_scores[i] = s.cpu()
+    correct = []
+    for p, w in zip(prompts, where):
+        # Length normalisation by the continuation's UTF-8 bytes (lm-eval "acc_norm").
+        norm = [float(unit_scores[u][j]) / max(1, len(c.encode())) for (u, j), c in zip(w, p.continuations)]
+        correct.append(float(max(range(len(norm)), key=norm.__getitem__) == p.label))
+    return correct
+
+
+def _score_text(model, tokenizer, prompts: list[TextPrompt], ctx) -> list[tuple[float, int, int]]:
+    """-> per passage (nll nats, predicted tokens, UTF-8 bytes of the predicted text)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    seqs, nbytes = [], []
+    for p in prompts:
+        ids = _ids(tokenizer, p.text, True)
+        if not ids or ids[0] != start:
+            ids = [start] + ids  # so the first text token is predicted too
+        text = p.text
+        if len(ids) > MAX_TEXT_TOKENS:
+            ids = ids[:MAX_TEXT_TOKENS]
+            text = tokenizer.decode(ids[1:])
+        seqs.append(ids)
+        nbytes.append(len(text.encode()))
+    bs, budget = BATCH["lm"]
+    out: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(prompts)
+    for batch in scoring.length_batches([len(s) for s in seqs], bs, budget):
+        with ctx():
+            nll, ntok = scoring.sequence_nll(model, [seqs[i] for i in batch], _pad_id(tokenizer))
+        for i, a, b in zip(batch, nll.tolist(), ntok.tolist()):
+            out[i] = (a, b, nbytes[i])
+    return out
+
+
+def _summarise_text(scores: list[tuple[float, int, int]]) -> tuple[float, float, dict[str, Any]]:
+    nll, ntok, nbytes = zip(*scores)
+    ln2 = math.log(2)
+    bpb = sum(nll) / ln2 / sum(nbytes)
+    bpb_se = ratio_stderr([x / ln2 for x in nll], nbytes)
+    nll_tok = sum(nll) / sum(ntok)
+    ppl = math.exp(nll_tok)
+    ppl_se = ppl * ratio_stderr(nll, ntok)  # delta method through exp
+    return bpb, bpb_se, {"perplexity": ppl, "perplexity_stderr": ppl_se, "tokens": sum(ntok), "bytes": sum(nbytes)}
+
+
+# ---- the streaming loop --------------------------------------------------------------------
+def chunk_sizes(n: int, first: int = FIRST_CHUNK, cap: int = MAX_CHUNK) -> list[int]:
+    """Chunk sizes summing to n: first, 2*first, 4*first, ... capped at `cap`."""
+    sizes, size, left = [], max(1, first), n
+    while left > 0:
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        size = min(2 * size, cap)
+    return sizes
+
+
+def iter_eval(
+    model,
+    tokenizer,
+    split: Split,
+    dtype: str = "auto",
+    stream: bool = True,
+    first_chunk: int = FIRST_CHUNK,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[Estimate]:
+    """Yield the running Estimate on `split` after each chunk (stream) or once (not stream).
+
+    model: HF-style causal LM (see coalora.eval.scoring); it is put in eval mode.
+    on_batch(n_rows_done): optional progress callback after each chunk."""
+    kind = task_spec(split.task).kind
+    start = time.perf_counter()
+    model.eval()
+    dt = scoring.resolve_dtype(dtype, model)
+    dev = scoring.model_device(model)
+    ctx = lambda: scoring.compute_context(dt, dev)  # noqa: E731  (entered per batch, never across a yield)
+    scorer = {"label": _score_label, "choice": _score_choice, "lm": _score_text}[kind]
+    sizes = chunk_sizes(len(split), first_chunk) if stream else [len(split)]
+    scores: list[Any] = []
+    done_rows = 0
+    for i, size in enumerate(sizes):
+        rows = split.rows[done_rows : done_rows + size]
+        scores.extend(scorer(model, tokenizer, [make_prompt(split.task, r) for r in rows], ctx))
+        done_rows += size
+        if on_batch:
+            on_batch(done_rows)
+        n = len(scores)
+        if kind == "lm":
+            value, se, extra = _summarise_text(scores)
+            metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
+        else:
+            value = sum(scores) / n
+            se, extra, metric, flat = binomial_stderr(value, n), {}, "accuracy", tuple(scores)
+        yield Estimate(
+            metric, value, se, n, time.perf_counter() - start, i == len(sizes) - 1,
+            task=split.task, n_target=len(split), dtype=dt, extra=extra, scores=flat,
+        )
+
+
+def iter_quick_eval(
+    model, tokenizer, task: str, n: int = DEFAULT_N, seed: int = 0, part: str = "test",
+    dtype: str = "auto", first_chunk: int = FIRST_CHUNK,
+) -> Iterator[Estimate]:
+    """Stream estimates on the first `n` rows (a fixed seeded subset) of `task`'s `part`.
+
+    If the part has fewer than `n` rows, all of them are used (the Estimate's n says so)."""
+    split = load_split(task, part, seed)
+    split = split.head(min(n, len(split))) if n is not None else split
+    yield from iter_eval(model, tokenizer, split, dtype=dtype, stream=True, first_chunk=first_chunk)
+
+
+def quick_eval(model, tokenizer, task: str, n: int = DEFAULT_N, seed: int = 0, part: str = "test", dtype: str = "auto") -> Estimate:
+    """The final Estimate of `iter_quick_eval`."""
+    est = None
+    for est in iter_quick_eval(model, tokenizer, task, n, seed, part, dtype):
+        pass
+    assert est is not None
+    return est
+
+
+def full_eval(model, tokenizer, task: str, seed: int = 0, part: str = "test", dtype: str = "auto") -> Estimate:
+    """Every row of `task`'s `part` (globally length-sorted, one final Estimate)."""
+    split = load_split(task, part, seed)
+    return next(iter(iter_eval(model, tokenizer, split, dtype=dtype, stream=False)))

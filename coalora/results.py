@@ -1,0 +1,141 @@
+"""The one result record type: every evaluated point (CLI, search, reports, app) is a
+`ResultRecord`, stored one JSON object per line.
+
+Appending is safe: each record is written with a single `write` of one complete line while
+holding an exclusive `flock`, and if the file's last line was torn by a crash (no final
+newline) a newline is written first, so a new record never merges into broken text.
+Readers skip lines that are not valid JSON (a torn last line) with a warning.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from coalora.errors import CoaloraError
+
+RECORD_FORMAT = "coalora.result/v1"
+DEFAULT_RECORDS = Path("results") / "records.jsonl"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ResultRecord:
+    """One measured point: a model under one quantization configuration on one task.
+
+    config_hash / config_path / config: the configuration's content hash, the file it came
+    from (or preset name), and optionally the inline JSON object; all None for "none" (the
+    weights as loaded), in which case avg_bits and packed_bytes are None too.
+    method: "base" (quantized base, no adapter), "coalora", "qlora", "shared-lora", ...
+    checkpoint: adapter checkpoint folder or None. split / split_hash: the data manifest
+    (coalora.data) and its short hash. dtype: compute precision ("bf16" or "fp32").
+    """
+
+    task: str
+    metric: str
+    value: float
+    stderr: float
+    n: int
+    model: str
+    method: str = "base"
+    checkpoint: str | None = None
+    config_hash: str | None = None
+    config_path: str | None = None
+    config: dict[str, Any] | None = None
+    avg_bits: float | None = None
+    packed_bytes: int | None = None
+    seed: int = 0
+    split: dict[str, Any] = field(default_factory=dict)
+    split_hash: str = ""
+    seconds: float | None = None
+    dtype: str | None = None
+    code_version: str = ""
+    time: str = field(default_factory=utc_now)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = RECORD_FORMAT
+
+    def __post_init__(self) -> None:
+        if not self.code_version:
+            from coalora.version import code_version
+
+            self.code_version = code_version()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """One line of strict JSON (no newline inside; NaN/inf written as null)."""
+        return json.dumps(_finite(self.to_dict()), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResultRecord":
+        """Build from a dict; unknown keys go into `extra` (newer writers stay readable)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        if unknown:
+            kwargs["extra"] = {**kwargs.get("extra", {}), **unknown}
+        missing = [k for k in ("task", "metric", "value", "stderr", "n", "model") if k not in kwargs]
+        if missing:
+            raise CoaloraError(f"result record lacks field(s) {', '.join(missing)}")
+        return cls(**kwargs)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def append_record(path: str | Path, record: ResultRecord | dict[str, Any]) -> Path:
+    """Append one record as one line to the JSON-lines file `path` (created if missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = record if isinstance(record, ResultRecord) else ResultRecord.from_dict(record)
+    line = (rec.to_json() + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # concurrent writers take turns
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # the last line was torn: start on a fresh line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # also releases the lock
+    return path
+
+
+def iter_records(path: str | Path) -> Iterable[ResultRecord]:
+    """Records of a JSON-lines file in order; unreadable lines are skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            text = raw.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            try:
+                yield ResultRecord.from_dict(json.loads(text))
+            except (json.JSONDecodeError, CoaloraError, TypeError) as e:
+                warnings.warn(f"{path}:{lineno}: skipped an unreadable result line ({e})", stacklevel=2)
+
+
+def read_records(path: str | Path) -> list[ResultRecord]:
+    """All readable records of `path` ([] if the file does not exist)."""
+    return list(iter_records(path))

@@ -195,3 +195,20 @@ def test_save_refusals(tmp_path, saved):
 
 def test_errors_are_coalora_errors():
     assert issubclass(CheckpointError, CoaloraError) and issubclass(OutputExistsError, CoaloraError)
+
+
+def test_load_weights_into_an_existing_model(saved, tiny_model_dir):
+    from coalora.lora import load_weights
+
+    cm, path = saved
+    fresh = trained_model(tiny_model_dir)  # other random values
+    with torch.no_grad():
+        for p in fresh.trainable_parameters():
+            p.zero_()
+    meta = load_weights(fresh, path)
+    assert meta["seed"] == 3
+    for (_, p), (_, q) in zip(cm.named_trainable_parameters(), fresh.named_trainable_parameters()):
+        assert torch.equal(p, q)
+    other = make_tiny_llama(n_layers=3)
+    with pytest.raises(ModelMismatchError, match="trained on"):
+        load_weights(CoaLoraModel(other, ConfigSpace.from_model(other, "other"), LoraSpec(rank=4)), path)

@@ -1,6 +1,8 @@
 """Configuration-aware LoRA: adapted layers, θ, the wrapped model, checkpoints."""
 
-from coalora.lora.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint, weights_fingerprint
+from coalora.lora.checkpoint import (
+    DEFAULT_CHECKPOINT, load_checkpoint, load_weights, read_metadata, save_checkpoint, weights_fingerprint,
+)
 from coalora.lora.hypernet import ConfigHyperNet
 from coalora.lora.layer import CoaLoraLinear
 from coalora.lora.model import CoaLoraModel
@@ -8,5 +10,5 @@ from coalora.lora.spec import LoraSpec
 
 __all__ = [
     "DEFAULT_CHECKPOINT", "CoaLoraLinear", "CoaLoraModel", "ConfigHyperNet", "LoraSpec",
-    "load_checkpoint", "save_checkpoint", "weights_fingerprint",
+    "load_checkpoint", "load_weights", "read_metadata", "save_checkpoint", "weights_fingerprint",
 ]

@@ -240,3 +240,19 @@ def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder:
             if t.shape != p.shape:
                 raise CheckpointError(f"tensor {n!r} of {str(folder)!r} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
             p.copy_(t)
+
+
+def load_weights(model: CoaLoraModel, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's tensors into an existing CoaLoraModel (e.g. to resume training)
+    -> metadata. Checks the folder (read_metadata) and the structure fingerprint; the
+    tensors must match the model's trainable parameters exactly."""
+    from safetensors.torch import load_file
+
+    folder, meta = read_metadata(path)
+    if meta["base_model"].get("fingerprint") != model.space.fingerprint:
+        raise ModelMismatchError(
+            f"checkpoint {str(folder)!r} was trained on {meta['base_model'].get('name')!r} "
+            f"(fingerprint {meta['base_model'].get('fingerprint')}), not on {model.space.model_name!r}"
+        )
+    _load_tensors(model, load_file(str(folder / meta["tensors"]["file"])), folder)
+    return meta

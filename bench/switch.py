@@ -1,7 +1,8 @@
 """Benchmark configuration switching of CoaLoraModel on SmolLM2-135M (issue 3, item 8).
 
 Times (median of N, wall clock, torch threads = --threads):
-  theta            θ's forward for all 210 matrices (codes prebuilt), no_grad
+  theta            θ's forward for all 210 matrices (codes prebuilt), no_grad, with
+                   --threads and with 1 thread
   encode+theta     Configuration -> codes -> θ -> M assigned to the 210 layers
   one-block cold   set_configuration to a configuration differing in one random block
                    (7 matrices, new random settings, cache cleared: re-quantized)
@@ -81,7 +82,12 @@ def main() -> None:
     with torch.no_grad():
         for _ in range(10):
             model.theta(codes)  # warm-up
-        results["theta (210 matrices)"] = median_ms(lambda: model.theta(codes), args.repeats)
+        results[f"theta (210 matrices), {args.threads} threads"] = median_ms(lambda: model.theta(codes), args.repeats)
+        # θ's matmuls are tiny: with 2 threads on a busy machine, each op can wait for the
+        # second OpenMP thread to be scheduled. One thread shows the cost of the work itself.
+        torch.set_num_threads(1)
+        results["theta (210 matrices), 1 thread"] = median_ms(lambda: model.theta(codes), args.repeats)
+        torch.set_num_threads(args.threads)
 
     model.set_configuration(a)
     results["encode + theta + assign"] = median_ms(model._refresh_mixing, args.repeats)

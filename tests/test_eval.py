@@ -255,3 +255,13 @@ def test_prompts_of_every_task_are_well_formed():
                 assert p.shared_context == (task != "winogrande")
             else:
                 assert isinstance(p, TextPrompt) and p.text
+
+
+def test_eval_restores_the_callers_train_mode(lm):
+    model, tok = lm
+    model.train()
+    try:
+        quick_eval(model, tok, "copa", n=4, dtype="fp32")
+        assert model.training
+    finally:
+        model.eval()

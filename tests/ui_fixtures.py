@@ -1,0 +1,44 @@
+"""A tiny engine for the app tests: a saved tiny Llama (byte tokenizer), a CoA-LoRA
+checkpoint with non-zero adapter weights, its cost table and a predicted front, all in tmp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from conftest import make_tiny_llama
+
+VOCAB = 260
+
+
+def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True):
+    from test_eval import make_byte_tokenizer
+
+    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.models import load_model
+    from coalora.search.costs import compute_costs
+    from coalora.space import ConfigSpace
+    from ui.engine import Engine
+
+    base = tmp / "tiny-base"
+    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base)
+    make_byte_tokenizer().save_pretrained(base)
+    model, _ = load_model(str(base), quiet=True)
+    space = ConfigSpace.from_model(model, str(base))
+    costs = compute_costs(model, space, sample=0.5)
+    wrapped = CoaLoraModel(model, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-zero adapter, so adapter on/off and configurations differ
+        for layer in wrapped.adapted.values():
+            layer.lora_B.weight.copy_(0.05 * torch.randn(layer.lora_B.weight.shape, generator=g))
+    save_checkpoint(wrapped, tmp / "ckpt")
+    front = None
+    if with_front:
+        from coalora.search.front import FrontPoint, PredictedFront
+
+        pts = tuple(FrontPoint(b, space.preset(p), 0.5 - 0.02 * i, 0.03)
+                    for i, (b, p) in enumerate([(2.2, "nf2"), (3.2, "nf3"), (4.2, "nf4")]))
+        front = PredictedFront(pts, space, meta={"metric": "accuracy", "task": "sst2"}).save(tmp / "front.json")
+    return Engine.load(str(tmp / "ckpt"), costs=costs, front_path=front, baselines_path=None, pool_paths=(),
+                       n_rows=n_rows, dtype="fp32")

@@ -1,0 +1,240 @@
+"""Event handlers: plain functions of (engine, session state, control values), testable
+without a browser. Bad input raises gr.Error with the message of the coalora error.
+
+Controls edit the session's current configuration (the source of truth): a block slider sets
+the weight bits of that block's 7 projections, the attention / MLP overrides set the bits of
+those projection types in every block, the advanced fields set one field everywhere, presets
+and allocations replace the whole configuration. Sliders then show each block's majority bits.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from typing import Any, Iterator
+
+import gradio as gr
+
+from coalora.errors import CoaloraError
+from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
+from coalora.space import ATTENTION_TYPES, MLP_TYPES, Configuration
+from ui.engine import MAX_CONFIG_BYTES, Engine, block_bits, record_json
+from ui.plots import MB, points_table, result_figure
+from ui.state import SessionState
+
+BITS = FIELD_VALUES["bits"]
+ADVANCED_FIELDS = ("scale_bits", "scale_format", "block_size", "scale_block_size")
+DEFAULT_PRESET = "nf4"
+
+
+def _err(e: Exception) -> gr.Error:
+    return gr.Error(str(e), print_exception=False)
+
+
+def snap_bits(value: float) -> int:
+    """A slider position -> the nearest allowed weight bit-width (2, 3, 4, 8; ties go up)."""
+    v = float(value)
+    return min(BITS, key=lambda b: (abs(b - v), -b))
+
+
+# ---- configuration <-> state ------------------------------------------------------------
+def current_config(engine: Engine, state: SessionState) -> Configuration:
+    if state.config is None:
+        return engine.preset(DEFAULT_PRESET)
+    return engine.space.decode(state.config)
+
+
+def _set(state: SessionState, config: Configuration) -> SessionState:
+    state.config = config.encode().tolist()
+    if state.current is not None and state.current.get("config_hash") != config.hash:
+        state.current, state.prediction = None, None
+    return state
+
+
+def with_bits(config: Configuration, bits_of: dict[str, int]) -> Configuration:
+    """`config` with the weight bits of some matrices (by name) replaced."""
+    return config.with_settings({n: config.setting(n).replace(bits=b) for n, b in bits_of.items()})
+
+
+def with_field(config: Configuration, name: str, value: Any) -> Configuration:
+    """`config` with one setting field set to `value` for every matrix."""
+    return config.with_settings({m.name: s.replace(**{name: value}) for m, s in config.items()})
+
+
+def majority(config: Configuration, name: str) -> Any:
+    return Counter(getattr(s, name) for s in config.settings).most_common(1)[0][0]
+
+
+def size_line(config: Configuration) -> str:
+    """The always-visible storage line (exact, before any evaluation)."""
+    return (f"**{config.avg_bits:.3f} bits per weight** on average · **{config.packed_bytes / MB:.2f} MB** packed "
+            f"({config.packed_bytes:,} bytes: weights, scales, offsets and padding of the "
+            f"{config.space.n_matrices} quantized projections; embeddings, norms and adapter not counted) · "
+            f"configuration `{config.hash}`")
+
+
+def control_values(config: Configuration) -> list[Any]:
+    """Values for [*block sliders, attention bits, MLP bits, *advanced fields]."""
+    attn = Counter(s.bits for m, s in config.items() if m.module_type in ATTENTION_TYPES).most_common(1)[0][0]
+    mlp = Counter(s.bits for m, s in config.items() if m.module_type in MLP_TYPES).most_common(1)[0][0]
+    return [*block_bits(config), attn, mlp, *[majority(config, f) for f in ADVANCED_FIELDS]]
+
+
+def config_outputs(engine: Engine, state: SessionState, config: Configuration) -> list[Any]:
+    """[state, size line, download path, *control values] after a configuration change."""
+    return [_set(state, config), size_line(config), str(engine.write_config(config)), *control_values(config)]
+
+
+# ---- edits ---------------------------------------------------------------------------------
+def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[Any]:
+    """Block sliders -> configuration: blocks whose slider differs from their current bits get
+    the (snapped) slider bits in all 7 projections; other blocks keep their settings."""
+    config = current_config(engine, state)
+    now = block_bits(config)
+    if len(values) != len(now):
+        raise gr.Error(f"expected {len(now)} block sliders, got {len(values)}")
+    changes: dict[str, int] = {}
+    for b, v in enumerate(values):
+        want = snap_bits(v)
+        if want != now[b]:
+            changes.update({m.name: want for m in config.space.matrices if m.block == b})
+    return config_outputs(engine, state, with_bits(config, changes) if changes else config)
+
+
+def apply_override(engine: Engine, state: SessionState, group: str, bits: Any) -> list[Any]:
+    """group 'attention' or 'mlp': set the weight bits of those projections in every block."""
+    types = {"attention": ATTENTION_TYPES, "mlp": MLP_TYPES}[group]
+    config = current_config(engine, state)
+    b = snap_bits(bits)
+    return config_outputs(engine, state, with_bits(config, {m.name: b for m in config.space.matrices
+                                                            if m.module_type in types}))
+
+
+def apply_field(engine: Engine, state: SessionState, name: str, value: Any) -> list[Any]:
+    """One advanced field (scale_bits, scale_format, block_size, scale_block_size) everywhere."""
+    if name not in FIELD_NAMES:
+        raise gr.Error(f"unknown field {name!r}; known fields are {', '.join(FIELD_NAMES)}")
+    if name != "scale_format":
+        value = int(value)
+    try:
+        return config_outputs(engine, state, with_field(current_config(engine, state), name, value))
+    except CoaloraError as e:
+        raise _err(e) from None
+
+
+def apply_preset(engine: Engine, state: SessionState, name: str) -> list[Any]:
+    try:
+        return config_outputs(engine, state, engine.preset(name))
+    except CoaloraError as e:
+        raise _err(e) from None
+
+
+def apply_allocation(engine: Engine, state: SessionState, budget: float, method: str) -> list[Any]:
+    """Budget + method -> configuration; returns config outputs plus the allocation note."""
+    try:
+        config, note = engine.allocate(budget, method)
+    except CoaloraError as e:
+        raise _err(e) from None
+    return [*config_outputs(engine, state, config), note]
+
+
+def apply_upload(engine: Engine, state: SessionState, path: str | None) -> list[Any]:
+    """An uploaded configuration JSON file -> configuration (size checked before reading)."""
+    if not path:
+        raise gr.Error("no file was uploaded")
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise gr.Error(f"the uploaded file is {size:,} bytes; a configuration JSON is at most {MAX_CONFIG_BYTES:,} bytes")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        config = engine.parse_config(data, source=f"uploaded file {os.path.basename(path)!r}")
+    except CoaloraError as e:
+        raise _err(e) from None
+    return config_outputs(engine, state, config)
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+def figure(engine: Engine, state: SessionState) -> Any:
+    info = engine.info()
+    metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
+    return result_figure(state.points, state.current, engine.front_line,
+                         [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task)
+
+
+def table(state: SessionState) -> list[list[Any]]:
+    rows = points_table(state.points)
+    return [list(r.values()) for r in rows]
+
+
+TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "method",
+                 "config_hash", "summary"]
+
+
+def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> str:
+    extra = rec.get("extra") or {}
+    state = "final" if extra.get("done") else "streaming"
+    pred = "" if prediction is None else f" · GP predicted {prediction[0]:.3f} ± {prediction[1]:.3f}"
+    return (f"{rec['metric']} **{rec['value']:.3f} ± {rec['stderr']:.3f}** on {rec['n']}/{extra.get('n_target', '?')} "
+            f"rows ({state}, {rec['seconds']:.1f} s, {rec.get('dtype')}){pred}")
+
+
+def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
+    """Quick-eval the session's configuration, yielding [state, figure, status, table] after
+    every chunk (the error bar tightens); the final record joins the session's points."""
+    config = current_config(engine, state)
+    _set(state, config)
+    prediction = engine.predict(config)
+    state.prediction = prediction
+    for rec in engine.evaluate(config):
+        d = rec.to_dict()
+        if prediction is not None:
+            d["extra"]["predicted"] = list(prediction)
+        state.current = d
+        if d["extra"].get("done"):
+            state.add_point(d)
+        yield [state, figure(engine, state), status_line(d, prediction), table(state)]
+
+
+def table_csv(engine: Engine, state: SessionState) -> str:
+    """The session's table as a CSV file -> path."""
+    buf = io.StringIO()
+    rows = points_table(state.points)
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else TABLE_HEADERS)
+    w.writeheader()
+    w.writerows(rows)
+    return str(engine.write_text("coalora-session-points.csv", buf.getvalue()))
+
+
+def export(engine: Engine, state: SessionState) -> str:
+    try:
+        return str(engine.export_zip(current_config(engine, state)))
+    except CoaloraError as e:
+        raise _err(e) from None
+
+
+def compute_baselines(engine: Engine, state: SessionState) -> list[Any]:
+    engine.baselines(compute=True)
+    return [figure(engine, state), f"Baselines: {len(engine.baselines())} points (quantized base, no adapter)."]
+
+
+# ---- API -----------------------------------------------------------------------------------
+def api_evaluate(engine: Engine, configuration: str) -> Iterator[str]:
+    """Configuration JSON text -> the result record JSON, streamed (the last one is final)."""
+    try:
+        config = engine.parse_config(configuration)
+    except CoaloraError as e:
+        raise _err(e) from None
+    for rec in engine.evaluate(config):
+        yield record_json(rec)
+
+
+def api_allocate(engine: Engine, budget: float, method: str = "fast") -> str:
+    """(budget in average bits per weight, method fast / ilp / gp) -> configuration JSON text."""
+    try:
+        config, _ = engine.allocate(budget, method)
+    except CoaloraError as e:
+        raise _err(e) from None
+    return config.to_json()

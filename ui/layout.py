@@ -1,0 +1,144 @@
+"""The gr.Blocks of the app: controls on the left, plot, status and table on the right.
+
+Every control edit updates the session configuration (instantly: avg bits and MB), then
+chains one streamed quick eval. A newer edit cancels the evaluation still running.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterator
+
+import gradio as gr
+
+from coalora.search.pareto import BITS_MAX, BITS_MIN
+from coalora.space import PRESET_HELP, PRESETS
+from ui import handlers as h
+from ui.engine import ALLOCATION_METHODS, Engine
+from ui.state import SessionState
+
+GROUP = 5  # block sliders per accordion
+
+
+def honest_labels(engine: Engine) -> str:
+    info = engine.info()
+    lines = [
+        f"**Model:** {info.model_description}. The shipped weights were already **Q4_1** (about 4.5 bits) before "
+        "coalora saw them: \"full precision\" here means those weights dequantized.",
+        "**Quantization is simulated:** weights are quantized to NF-k and dequantized back to float (exact "
+        "storage sizes are computed; no low-bit kernels run).",
+        f"**Quick eval:** {info.task.upper()} test part, {info.n_rows} fixed seeded rows, {info.dtype} compute; "
+        "error bars are ± 1 standard error.",
+        ("**Adapter:** CoA-LoRA checkpoint `" + str(info.checkpoint) + "` (θ makes the adapter for each configuration)."
+         if info.method == "coalora" else "**No trained adapter is loaded:** scores are the quantized base only."),
+    ]
+    lines += [f"⚠ {n}" for n in info.notices]
+    return "\n\n".join(lines)
+
+
+def build_app(engine: Engine) -> gr.Blocks:
+    """The whole app for one engine (shared by all sessions; per-user data lives in gr.State)."""
+    space = engine.space
+    nf4 = engine.preset(h.DEFAULT_PRESET)
+    values0 = h.control_values(nf4)
+    eval_kw = dict(concurrency_limit=4, concurrency_id="eval", api_visibility="private")
+
+    with gr.Blocks(title="coalora: configuration-aware LoRA") as demo:
+        state = gr.State(SessionState())
+        gr.Markdown("# CoA-LoRA: one adapter for any per-layer quantization\nPick bits per block (or a bit budget); "
+                    "the adapter for that configuration is made instantly and scored by a streamed quick eval.")
+        with gr.Accordion("What the numbers mean", open=False):
+            gr.Markdown(honest_labels(engine))
+        size_md = gr.Markdown(h.size_line(nf4), elem_id="size-line")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=360):
+                with gr.Group():
+                    budget = gr.Slider(round(BITS_MIN + 0.005, 2), round(BITS_MAX - 0.005, 2), value=4.0, step=0.05,
+                                       label="Bit budget (average bits per weight)", elem_id="budget")
+                    method = gr.Radio(list(ALLOCATION_METHODS), value="fast", label="Allocation method",
+                                      info="fast: Lagrangian relaxation of the ILP (ms) · ilp: exact integer "
+                                           "program (seconds) · gp: the GP's best predicted configuration"
+                                           + ("" if engine.info().gp_available else " (not available: no GP pool or front)"))
+                    alloc_btn = gr.Button("Allocate for this budget", size="sm")
+                    alloc_note = gr.Markdown("")
+                preset = gr.Dropdown(list(PRESETS), value=h.DEFAULT_PRESET, label="Preset",
+                                     info=" · ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+                sliders = []
+                for start in range(0, space.n_blocks, GROUP):
+                    stop = min(start + GROUP, space.n_blocks)
+                    with gr.Accordion(f"Blocks {start}-{stop - 1}: weight bits", open=start == 0):
+                        for b in range(start, stop):
+                            sliders.append(gr.Slider(2, 8, value=values0[b], step=1, label=f"Block {b} bits",
+                                                     info="2, 3, 4 or 8 (5-7 snap to the nearest)" if b == 0 else None,
+                                                     elem_id=f"block-{b}"))
+                with gr.Accordion("Advanced: per-module-type overrides and other fields", open=False):
+                    attn = gr.Radio(list(h.BITS), value=values0[space.n_blocks], label="Attention (q, k, v, o) bits, all blocks")
+                    mlp = gr.Radio(list(h.BITS), value=values0[space.n_blocks + 1], label="MLP (gate, up, down) bits, all blocks")
+                    fields = [gr.Radio(list(h.FIELD_VALUES[f]), value=values0[space.n_blocks + 2 + i], label=f"{f} (all matrices)")
+                              for i, f in enumerate(h.ADVANCED_FIELDS)]
+                with gr.Row():
+                    upload = gr.UploadButton("Upload configuration JSON", file_types=[".json"], size="sm")
+                    download = gr.DownloadButton("Download configuration JSON", value=str(engine.write_config(nf4)), size="sm")
+                evaluate_btn = gr.Button("Evaluate current configuration", variant="primary")
+            with gr.Column(scale=3):
+                status = gr.Markdown("No evaluation yet: move a slider, pick a preset or a budget.", elem_id="status")
+                plot = gr.Plot(label="Score vs average bits", elem_id="plot")
+                with gr.Row():
+                    base_btn = gr.Button("Measure baselines (base without adapter, nf2/3/4/8)", size="sm")
+                    export_btn = gr.Button("Export adapter (peft folder + configuration, zip)", size="sm")
+                export_file = gr.File(label="Export", visible=True, interactive=False)
+                tbl = gr.Dataframe(headers=h.TABLE_HEADERS, label="Points evaluated in this session (click a header to sort)",
+                                   interactive=False, wrap=True)
+                csv_btn = gr.Button("Table as CSV", size="sm")
+                csv_file = gr.File(label="CSV", interactive=False)
+
+        controls = [*sliders, attn, mlp, *fields]
+        cfg_out = [state, size_md, download, *controls]
+        ev_out = [state, plot, status, tbl]
+        evaluate = partial(h.evaluate_stream, engine)
+
+        def chain(dep):
+            return dep.then(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
+
+        evals = []
+        evals.append(chain(gr.on([s.release for s in sliders], partial(h.apply_sliders, engine), [state, *sliders],
+                                 cfg_out, trigger_mode="always_last", api_visibility="private")))
+        evals.append(chain(attn.input(lambda st, v: h.apply_override(engine, st, "attention", v), [state, attn],
+                                      cfg_out, api_visibility="private")))
+        evals.append(chain(mlp.input(lambda st, v: h.apply_override(engine, st, "mlp", v), [state, mlp], cfg_out,
+                                     api_visibility="private")))
+        for f, comp in zip(h.ADVANCED_FIELDS, fields):
+            evals.append(chain(comp.input(partial(_field_fn, engine, f), [state, comp], cfg_out, api_visibility="private")))
+        evals.append(chain(preset.input(partial(h.apply_preset, engine), [state, preset], cfg_out, api_visibility="private")))
+        evals.append(chain(gr.on([budget.release, alloc_btn.click], partial(h.apply_allocation, engine),
+                                 [state, budget, method], [*cfg_out, alloc_note], trigger_mode="always_last",
+                                 api_visibility="private")))
+        evals.append(chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private")))
+        evals.append(evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw))
+        # A newer edit cancels the evaluation still running (registered after all of them exist).
+        gr.on([s.release for s in sliders] + [attn.input, mlp.input, *[c.input for c in fields], preset.input,
+                                             budget.release, alloc_btn.click, upload.upload, evaluate_btn.click],
+              None, None, None, cancels=evals, api_visibility="private")
+
+        base_btn.click(partial(h.compute_baselines, engine), [state], [plot, alloc_note], api_visibility="private")
+        export_btn.click(partial(h.export, engine), [state], [export_file], api_visibility="private")
+        csv_btn.click(partial(h.table_csv, engine), [state], [csv_file], api_visibility="private")
+        demo.load(partial(h.figure, engine), [state], [plot], api_visibility="private")
+
+        def evaluate_api(configuration: str) -> Iterator[str]:
+            yield from h.api_evaluate(engine, configuration)
+
+        def allocate_api(budget: float, method: str = "fast") -> str:
+            return h.api_allocate(engine, budget, method)
+
+        gr.api(evaluate_api, api_name="evaluate",
+               api_description="Configuration JSON text -> result record JSON (streamed; the last is final).",
+               concurrency_limit=4, concurrency_id="eval")
+        gr.api(allocate_api, api_name="allocate",
+               api_description="(budget: average bits per weight, method: fast | ilp | gp) -> configuration JSON.")
+    return demo
+
+
+def _field_fn(engine: Engine, name: str, state: SessionState, value):
+    return h.apply_field(engine, state, name, value)
+

@@ -1,0 +1,103 @@
+"""Pure plot builders: records / front -> plotly Figure. No gradio, no model.
+
+Records are ResultRecord dicts (coalora.results); `extra.summary` carries the configuration
+summary and `extra.predicted` the GP's (mean, std) when known.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+MB = 1e6  # sizes are shown in decimal megabytes of packed quantized matrices
+
+
+def _fmt_pred(pred: Sequence[float] | None) -> str:
+    return "n/a (no GP)" if not pred else f"{pred[0]:.3f} ± {pred[1]:.3f}"
+
+
+def _hover(rec: dict[str, Any], title: str) -> str:
+    extra = rec.get("extra") or {}
+    n, target = rec.get("n"), extra.get("n_target")
+    rows = f"{n}/{target} rows" if target else f"{n} rows"
+    return (f"<b>{title}</b><br>{extra.get('summary', '')}<br>avg bits {rec['avg_bits']:.3f}, "
+            f"{rec['packed_bytes'] / MB:.2f} MB<br>measured {rec['value']:.3f} ± {rec['stderr']:.3f} ({rows})"
+            f"<br>predicted {_fmt_pred(extra.get('predicted'))}")
+
+
+def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | None = None,
+                  front: Any = None, baselines: Sequence[dict[str, Any]] = (),
+                  prediction: Sequence[float] | None = None, metric: str = "accuracy", task: str = "sst2"):
+    """Score vs average bits: the front line with its band, the baselines, this session's
+    points, and the current point with its error bar and the GP's prediction.
+
+    front: a ui.engine.FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ.
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    secondary = front is not None and not front.on_metric_axis
+    if front is not None:
+        yaxis = "y2" if secondary else "y"
+        hover = [f"<b>predicted front</b><br>{s}<br>avg bits {b:.3f}, {mb / MB:.2f} MB<br>predicted {y:.3f} "
+                 f"(band {lo:.3f} .. {hi:.3f})"
+                 for s, b, mb, y, lo, hi in zip(front.summaries, front.avg_bits, front.packed_bytes, front.y,
+                                                front.lower, front.upper)]
+        fig.add_trace(go.Scatter(x=list(front.avg_bits) + list(front.avg_bits)[::-1],
+                                 y=list(front.upper) + list(front.lower)[::-1], fill="toself",
+                                 fillcolor="rgba(99,110,250,0.15)", line={"width": 0}, hoverinfo="skip",
+                                 name="front band (± 2σ)", yaxis=yaxis))
+        fig.add_trace(go.Scatter(x=front.avg_bits, y=front.y, mode="lines+markers", name=front.label,
+                                 line={"color": "rgb(99,110,250)"}, marker={"size": 4},
+                                 hovertext=hover, hoverinfo="text", yaxis=yaxis))
+    if baselines:
+        b = sorted(baselines, key=lambda r: r["avg_bits"])
+        fig.add_trace(go.Scatter(
+            x=[r["avg_bits"] for r in b], y=[r["value"] for r in b], mode="markers", name="base, no adapter",
+            marker={"symbol": "square", "size": 9, "color": "gray"},
+            error_y={"type": "data", "array": [r["stderr"] for r in b], "visible": True},
+            hovertext=[_hover(r, f"quantized base, no adapter ({(r.get('extra') or {}).get('preset', '')})") for r in b],
+            hoverinfo="text"))
+    done = [p for p in points if current is None or p.get("config_hash") != current.get("config_hash")]
+    if done:
+        fig.add_trace(go.Scatter(
+            x=[r["avg_bits"] for r in done], y=[r["value"] for r in done], mode="markers", name="this session",
+            marker={"size": 8, "color": "rgb(0,150,136)"},
+            error_y={"type": "data", "array": [r["stderr"] for r in done], "visible": True, "thickness": 1},
+            hovertext=[_hover(r, "evaluated this session") for r in done], hoverinfo="text"))
+    if current is not None:
+        fig.add_trace(go.Scatter(
+            x=[current["avg_bits"]], y=[current["value"]], mode="markers", name="current",
+            marker={"size": 13, "color": "rgb(239,85,59)", "symbol": "diamond"},
+            error_y={"type": "data", "array": [current["stderr"]], "visible": True, "thickness": 2},
+            hovertext=[_hover(current, "current configuration")], hoverinfo="text"))
+    if prediction is not None and current is not None:
+        fig.add_trace(go.Scatter(
+            x=[current["avg_bits"]], y=[prediction[0]], mode="markers", name="GP prediction (± σ)",
+            marker={"size": 10, "symbol": "x-open", "color": "rgb(99,110,250)"},
+            error_y={"type": "data", "array": [prediction[1]], "visible": True},
+            yaxis="y2" if secondary else "y",
+            hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
+    fig.update_layout(
+        xaxis={"title": {"text": "average bits per weight (quantized projections)"}},
+        yaxis={"title": {"text": f"{task} {metric} (quick eval, ± 1 stderr)"}},
+        legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
+        height=480, template="plotly_white", hovermode="closest",
+    )
+    if secondary:
+        fig.update_layout(yaxis2={"title": {"text": "GP-predicted f1 (lower is better)"}, "overlaying": "y", "side": "right"})
+    return fig
+
+
+def points_table(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the session table / CSV: one per evaluated point, newest first."""
+    rows = []
+    for r in reversed(points):
+        extra = r.get("extra") or {}
+        pred = extra.get("predicted")
+        rows.append({
+            "avg_bits": round(r["avg_bits"], 4), "size_MB": round(r["packed_bytes"] / MB, 3),
+            r.get("metric", "value"): round(r["value"], 4), "stderr": round(r["stderr"], 4), "n": r["n"],
+            "predicted": None if not pred else round(pred[0], 4), "pred_std": None if not pred else round(pred[1], 4),
+            "method": r.get("method"), "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
+        })
+    return rows

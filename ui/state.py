@@ -1,0 +1,30 @@
+"""Per-session state kept in gr.State (deep-copied per user; never module-level).
+
+Plain data only: the current configuration as (n_matrices, 5) field indices and the result
+records (as dicts) of the points evaluated in this session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_POINTS = 500  # a long demo session keeps its latest points; the table and plot stay light
+
+
+@dataclass
+class SessionState:
+    """config: (n_matrices, 5) field indices of the current configuration (None before the first
+    change); points: finished quick-eval records of this session, oldest first; current: the
+    latest (possibly still streaming) record of the current configuration."""
+
+    config: list[list[int]] | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+    current: dict[str, Any] | None = None
+    prediction: tuple[float, float] | None = None
+
+    def add_point(self, record: dict[str, Any]) -> None:
+        """Keep a finished record (replacing an earlier one of the same configuration)."""
+        self.points = [p for p in self.points if p.get("config_hash") != record.get("config_hash")]
+        self.points.append(record)
+        del self.points[:-MAX_POINTS]

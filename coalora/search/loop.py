@@ -61,13 +61,14 @@ class Pool:
     def bits(self) -> list[float]:
         return [c.avg_bits for c in self.configs]
 
-    def save(self, path: str | Path) -> Path:
-        """JSON: format, model, fingerprint, and one {config, avg_bits, f1} entry per point."""
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """JSON: format, model, fingerprint, `meta` (e.g. what f1 means), and one
+        {config, avg_bits, f1} entry per point."""
         from coalora.io import atomic_write_text
         from coalora.version import code_version
 
         data = {"format": POOL_FORMAT, "model": self.space.model_name, "fingerprint": self.space.fingerprint,
-                "code_version": code_version(),
+                "code_version": code_version(), **(meta or {}),
                 "points": [{"config": c.to_dict(), "avg_bits": c.avg_bits, "f1": v}
                            for c, v in zip(self.configs, self.values)]}
         return atomic_write_text(Path(path), json.dumps(data) + "\n")

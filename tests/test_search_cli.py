@@ -1,0 +1,114 @@
+"""`coalora search` end to end on a tiny checkpoint (records, pool continued, front), and
+its bad-input errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from coalora.cli import main
+from coalora.results import read_records
+from conftest import make_tiny_llama
+from test_eval import VOCAB, make_byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny base folder and a checkpoint with non-trivial B and θ and a 3-configuration training set."""
+    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+
+    root = tmp_path_factory.mktemp("tiny-search")
+    base_dir = root / "base"
+    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base_dir)
+    make_byte_tokenizer().save_pretrained(base_dir)
+    base, _ = load_model(str(base_dir), quiet=True)
+    space = ConfigSpace.from_model(base, str(base_dir))
+    cm = CoaLoraModel(base, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16, theta_init_std=0.2))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in cm.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    train_set = [space.preset(n).to_dict() for n in ("nf3", "nf4", "nf8")]
+    meta = {"training": {"method": "coalora", "task": "sst2", "train_set": train_set, "args": {"split_seed": 0}}}
+    return save_checkpoint(cm, root / "ckpt", metadata=meta), space
+
+
+def run_cli(capsys, *argv):
+    code = main(["search", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def common(tmp_path, ckpt, *extra):
+    return ["--checkpoint", str(ckpt), "--dev-rows", "8", "--dtype", "fp32", "--records", str(tmp_path / "r.jsonl"),
+            "--pool", str(tmp_path / "pool.json"), "--front", str(tmp_path / "front.json"), "--budgets", "3,5", "--starts", "1", "--steps", "2",
+            "--mc-samples", "16", "--json", *extra]
+
+
+def test_search_records_pool_and_front_then_continues(tiny_ckpt, tmp_path, capsys):
+    from coalora.search.front import load_front
+    from coalora.search.loop import Pool
+
+    ckpt, space = tiny_ckpt
+    code, out, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "1", "--batch", "2"))
+    assert code == 0, err
+    first = json.loads(out)
+    pool = Pool.load(tmp_path / "pool.json", space)
+    # Training set (3) + allocator configurations (distinct) + at most 2 proposals, all distinct.
+    assert first["pool_size"] == len(pool) == first["evaluated"] == len(set(pool.configs))
+    assert all(space.preset(n) in pool for n in ("nf3", "nf4", "nf8"))
+    records = read_records(tmp_path / "r.jsonl")
+    assert len(records) == len(pool)
+    r = records[0]
+    assert r.method == "coalora" and r.checkpoint == str(ckpt) and r.metric == "accuracy" and r.n == 8
+    assert r.extra["part"] == "dev" and r.split["part"] == "dev" and r.code_version
+    # f1 = 1 - accuracy, and the pool holds exactly the recorded values.
+    by_hash = {c.hash: v for c, v in zip(pool.configs, pool.values)}
+    assert all(by_hash[x.config_hash] == pytest.approx(1 - x.value) == pytest.approx(x.extra["f1"]) for x in records)
+
+    front = load_front(tmp_path / "front.json", space)
+    assert front.points and front.meta["task"] == "sst2" and len(front.meta["observed"]) == len(pool)
+    for p in front.points:
+        assert p.avg_bits <= p.budget and p.std >= 0
+
+    # A second call continues the pool: the old points stay, only new configurations are evaluated.
+    code, out, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "1", "--batch", "2", "--seed", "1"))
+    assert code == 0, err
+    second = json.loads(out)
+    pool2 = Pool.load(tmp_path / "pool.json", space)
+    assert pool2.configs[: len(pool)] == pool.configs and len(pool2) == len(pool) + second["evaluated"]
+    assert len(read_records(tmp_path / "r.jsonl")) == len(pool2)
+
+
+def test_loss_objective(tiny_ckpt, tmp_path, capsys):
+    ckpt, space = tiny_ckpt
+    code, out, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "0", "--objective", "loss"))
+    assert code == 0, err
+    records = read_records(tmp_path / "r.jsonl")
+    assert records and all(r.metric == "loss" and r.value > 0 and r.extra["f1"] == r.value for r in records)
+
+
+def test_bad_inputs_exit_2(tiny_ckpt, tmp_path, capsys):
+    ckpt, space = tiny_ckpt
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--task", "nope"))
+    assert code == 2 and "nope" in err
+    code, _, err = run_cli(capsys, *common(tmp_path, tmp_path / "missing"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--batch", "0"))
+    assert code == 2 and "--batch" in err
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--budgets", "1.0"))
+    assert code == 2 and "1" in err and "2.03" in err  # below the cheapest setting, named
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--dev-rows", "100000"))
+    assert code == 2 and "limit must be" in err
+    # A pool measured on another batch, or for another checkpoint, is never continued.
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "0", "--no-initial"))
+    assert code == 2 and "at least 2" in err  # nothing to fit a GP on
+    (tmp_path / "pool.json").write_text(json.dumps({"format": "coalora.search_pool/v1", "checkpoint_sha256": "0" * 64,
+                                                    "fingerprint": space.fingerprint, "points": []}))
+    code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "0"))
+    assert code == 2 and "checkpoint (tensor sha256)" in err
+    assert not (tmp_path / "r.jsonl").exists()  # nothing was evaluated or recorded

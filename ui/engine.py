@@ -219,10 +219,12 @@ class Engine:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise ConfigError(f"{source} is not UTF-8 text (is it a JSON file?)") from None
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{source} is empty; give a configuration JSON object (format coalora.configuration/v1)")
+        if not isinstance(text, str):
+            raise ConfigError(f"{source} must be JSON text, got {type(text).__name__}")
         if len(text.encode()) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{source} is {len(text.encode()):,} bytes; a configuration file is at most {MAX_CONFIG_BYTES:,} bytes")
+        if not text.strip():
+            raise ConfigError(f"{source} is empty; give a configuration JSON object (format coalora.configuration/v1)")
         return self.space.loads(text, source=source)
 
     def preset(self, name: str) -> Configuration:

@@ -82,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mc-rows", type=int, default=32)
+    ap.add_argument("--mc-tasks", nargs="*", default=["piqa", "hellaswag"], help="none: skip part 1")
     args = ap.parse_args()
 
     import torch
@@ -95,7 +96,7 @@ def main() -> None:
 
     print(f"| rows | precision | tokens | harness tok/s | naive tok/s | speed-up | predictions differing |")
     print("|---|---|---|---|---|---|---|")
-    for task in ("piqa", "hellaswag"):
+    for task in args.mc_tasks:
         for dtype in ("bf16", "fp32"):
             tokens, fast, slow, diff = mc_speed(model, tok, task, args.mc_rows, dtype)
             print(f"| {task} x{args.mc_rows} | {dtype} | {tokens} | {tokens / fast:.0f} | {tokens / slow:.0f} | "

@@ -86,11 +86,11 @@ def build_app(engine: Engine) -> gr.Blocks:
                 with gr.Row():
                     base_btn = gr.Button("Measure baselines (base without adapter, nf2/3/4/8)", size="sm")
                     export_btn = gr.Button("Export adapter (peft folder + configuration, zip)", size="sm")
-                export_file = gr.File(label="Export", visible=True, interactive=False)
+                export_file = gr.File(label="Export", interactive=False, height=90)
                 tbl = gr.Dataframe(headers=h.TABLE_HEADERS, label="Points evaluated in this session (click a header to sort)",
                                    interactive=False, wrap=True)
                 csv_btn = gr.Button("Table as CSV", size="sm")
-                csv_file = gr.File(label="CSV", interactive=False)
+                csv_file = gr.File(label="CSV", interactive=False, height=90)
 
         controls = [*sliders, attn, mlp, *fields]
         cfg_out = [state, size_md, download, *controls]

@@ -78,11 +78,13 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             yaxis="y2" if secondary else "y",
             hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
     fig.update_layout(
-        xaxis={"title": {"text": "average bits per weight (quantized projections)"}},
+        xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
         yaxis={"title": {"text": f"{task} {metric} (quick eval, ± 1 stderr)"}},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )
+    if not fig.data and metric in ("accuracy", "acc", "acc_norm"):
+        fig.update_layout(yaxis={"range": [0, 1]})  # an empty chart still shows the metric's scale
     if secondary:
         fig.update_layout(yaxis2={"title": {"text": "GP-predicted f1 (lower is better)"}, "overlaying": "y", "side": "right"})
     return fig

@@ -1,0 +1,64 @@
+"""The app in Debian chromium (playwright, never `playwright install`): load the page, move
+a block slider, and check the chart gained a point; a screenshot goes to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ui_fixtures import make_tiny_engine
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+pytestmark = pytest.mark.browser
+
+
+def n_points(page) -> int:
+    """Markers of the 'current' and 'this session' traces in the plotly chart."""
+    return page.evaluate("""() => {
+        const el = document.querySelector('#plot .js-plotly-plot');
+        if (!el || !el.data) return 0;
+        return el.data.filter(t => t.name === 'current' || t.name === 'this session')
+                      .reduce((n, t) => n + t.x.length, 0);
+    }""")
+
+
+def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
+    if not os.path.exists(CHROMIUM) and shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from ui.layout import build_app
+
+    engine = make_tiny_engine(tmp_path, n_rows=24)
+    demo = build_app(engine)
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(  # a fresh user-data dir per run
+                str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, viewport={"width": 1400, "height": 1100})
+            page = browser.new_page()
+            page.goto(demo.local_url)
+            page.wait_for_selector("#plot .js-plotly-plot", timeout=60_000)
+            assert n_points(page) == 0
+            size_before = page.inner_text("#size-line")
+            slider = page.locator("#block-0 input[type=range]")
+            box = slider.bounding_box()  # click the track's left end: 4 -> 2 bits, released
+            page.mouse.click(box["x"] + 2, box["y"] + box["height"] / 2)
+            page.wait_for_function("() => document.querySelector('#size-line').innerText.length > 0")
+            page.wait_for_function(
+                """() => { const el = document.querySelector('#plot .js-plotly-plot');
+                           return el && el.data && el.data.some(t => t.name === 'current'); }""", timeout=120_000)
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('final')", timeout=120_000)
+            assert n_points(page) >= 1
+            assert page.inner_text("#size-line") != size_before  # avg bits moved with the slider
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "app-browser-test.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

@@ -80,9 +80,9 @@ def _nearest_level(x: torch.Tensor, bits: int, family: str) -> torch.Tensor:
     Exactness against bucketize is tested, midpoints and their float neighbours included.
     """
     k, lut, hi, lo = _level_lut(bits, family)
-    j = ((x + 1.0) * (k / 2)).clamp_(0, k - 1).to(torch.int64)
+    j = x.mul(k / 2).add_(k / 2).clamp_(0, k - 1).to(torch.int64)  # grid bin of each x
     i0 = lut[j]
-    return i0 + (x > hi[i0]).to(torch.int64) - (x <= lo[i0]).to(torch.int64)
+    return i0.add_(x > hi[i0]).add_(x <= lo[i0], alpha=-1)  # in place: half the memory traffic
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def dequantize(packed: PackedMatrix, state: QuantState) -> torch.Tensor:
         s_hat = _scale_from_codes(q, t_exp, packed.offset, st.scale_bits)
     else:
         s_hat = packed.scale_codes
-    w = _codebook(st.bits, state.family)[codes] * s_hat[:, None]  # (nb, B0)
+    w = torch.take(_codebook(st.bits, state.family), codes).mul_(s_hat[:, None])  # (nb, B0)
     return w.reshape(-1)[: state.numel].view(state.shape).to(state.dtype)
 
 
@@ -211,5 +211,5 @@ def fake_quantize(
 ) -> torch.Tensor:
     """dequantize(*quantize(weight, ...)) without the bit-packing round trip (bit-identical, faster)."""
     codes, _, _, _, s_hat = _encode(weight, setting, family, double_quant)
-    w = _codebook(setting.bits, family)[codes] * s_hat[:, None]  # (nb, B0)
+    w = torch.take(_codebook(setting.bits, family), codes).mul_(s_hat[:, None])  # (nb, B0)
     return w.reshape(-1)[: weight.numel()].view(weight.shape).to(weight.dtype)

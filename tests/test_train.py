@@ -87,6 +87,8 @@ def test_run_folder_guards(tiny_base, tmp_path):
         train(args, progress=False)
     with pytest.raises(ConfigError, match="differ"):
         train(small_args(tiny_base, tmp_path / "run", steps=2, lr=1e-2), resume=True, progress=False)
+    longer = small_args(tiny_base, tmp_path / "run", steps=3)
+    assert train(longer, resume=True, progress=False)["steps"] == 3  # --resume --steps N extends a run
     train(args, force=True, progress=False)  # --force replaces it
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(small_args(tiny_base, tmp_path / "empty"), resume=True, progress=False)

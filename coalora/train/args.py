@@ -104,5 +104,6 @@ class TrainArgs:
                 d[key] = tuple(d[key])
         return cls(**d)
 
-    # Options that may differ when resuming (they do not change what is computed).
-    RESUMABLE_CHANGES = ("save_every", "out", "cache_gb")
+    # Options that may differ when resuming: they do not change what the steps compute
+    # (`steps` moves the end: continue a finished run longer, or end an interrupted one early).
+    RESUMABLE_CHANGES = ("save_every", "out", "cache_gb", "steps")

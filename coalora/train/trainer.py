@@ -191,6 +191,7 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
         step = tr["step"]
         train_set = [space.from_dict(c) for c in tr["train_set"]]
         history = tr.get("history", [])
+        t_start -= tr.get("seconds", 0.0)  # time taken counts every session of the run
     elif main:
         from coalora.io import atomic_write_text
 
@@ -205,7 +206,8 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
     def checkpoint_now() -> None:
         if main:
             save_state(out / "state", inner, optimizer,
-                       {"step": step, "train_set": [c.to_dict() for c in train_set], "history": history}, metadata())
+                       {"step": step, "train_set": [c.to_dict() for c in train_set], "history": history,
+                        "seconds": round(time.time() - t_start, 1)}, metadata())
         accel.wait_for_everyone()
 
     per_config = 1 if args.method == "lora" else 2

@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     observed = [{"avg_bits": c.avg_bits, "f1": v, "config_hash": c.hash} for c, v in zip(pool.configs, pool.values)]
     front = PredictedFront(front.points, space, front.objective, {
         **front.meta, **pool_meta, "f1": _f1_meaning(args.objective, task, len(split)),
+        "metric": _metric_of(args.objective, task),  # the app plots 1 - f1 on its accuracy axis
         "pool": str(pool_path), "observed": observed,
         "selected": [c.hash for c in result.selected]})
     front.save(front_path)
@@ -206,6 +207,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"          <= {p.budget:g} bits: f1 {p.mean:.4f} ± {2 * p.std:.4f} (2σ) at {p.avg_bits:.3f} bits")
     print(f"records   appended to {args.records} ({out['seconds']} s)")
     return 0
+
+
+def _metric_of(kind: str, task: str) -> str:
+    """The task metric that f1 encodes (f1 = 1 - accuracy for the error objective)."""
+    from coalora.data import task_spec
+
+    if kind == "loss":
+        return "loss"
+    return "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy"
 
 
 def _f1_meaning(kind: str, task: str, n: int) -> str:

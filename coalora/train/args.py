@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from coalora.errors import ConfigError
@@ -56,7 +56,6 @@ class TrainArgs:
     max_configs: int = 24
     cache_gb: float = 4.0
     limit_rows: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:

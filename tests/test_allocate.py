@@ -151,9 +151,17 @@ def test_cli_gp_without_pool_is_a_clear_error(capsys):
 
 
 def test_cli_mismatched_checkpoint(tmp_path, capsys):
-    (tmp_path / "checkpoint.json").write_text(json.dumps({"model": "x", "fingerprint": "0123456789abcdef"}))
-    rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path)], capsys)
-    assert rc == 2 and "fingerprint 0123456789abcdef" in out.err
+    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.space import ConfigSpace
+    from conftest import make_tiny_llama
+
+    tiny = make_tiny_llama()
+    space = ConfigSpace.from_model(tiny, "tiny-llama")
+    save_checkpoint(CoaLoraModel(tiny, space, LoraSpec(rank=2, theta_hidden=8)), tmp_path / "ckpt")
+    rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path / "ckpt")], capsys)
+    assert rc == 2 and f"fingerprint {space.fingerprint}" in out.err and "tiny-llama" in out.err
+    rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path / "nothing")], capsys)
+    assert rc == 2 and "nothing" in out.err
 
 
 def test_cli_gp_with_records_pool(tmp_path, capsys):

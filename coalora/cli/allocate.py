@@ -25,7 +25,7 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--budget", type=float, required=True, help="average bits per weight (at least 2.0322)")
     p.add_argument("--method", choices=("ilp", "gp"), default="ilp", help="allocation method (default ilp)")
-    p.add_argument("--checkpoint", help="trained checkpoint folder (its pool.json feeds --method gp)")
+    p.add_argument("--checkpoint", help="trained checkpoint folder or 'default': its search pool (`coalora search`) feeds --method gp")
     p.add_argument("--pool", help="evaluated configurations for --method gp: result records (JSON lines) or a saved pool")
     p.add_argument("--task", help="with --pool: use only records of this task")
     p.add_argument("--weighting", choices=("mse", "fisher"), default="mse",
@@ -35,22 +35,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _check_checkpoint(folder: str, fingerprint: str) -> Path:
-    from coalora.errors import ConfigError, ModelMismatchError
+def _check_checkpoint(checkpoint: str, fingerprint: str) -> Path:
+    """The checkpoint's default pool file, after checking it was trained on this model."""
+    from coalora.cli.search import default_paths
+    from coalora.errors import ModelMismatchError
+    from coalora.lora.checkpoint import read_metadata
 
-    d = Path(folder)
-    if not d.is_dir():
-        raise ConfigError(f"--checkpoint {folder!r} is not a folder")
-    for f in sorted(d.glob("*.json")):
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        fp = data.get("fingerprint") if isinstance(data, dict) else None
-        if fp is not None and fp != fingerprint:
-            raise ModelMismatchError(f"checkpoint {folder!r} ({f.name}) was trained on model {data.get('model')!r} "
-                                     f"(fingerprint {fp}), not on this --model (fingerprint {fingerprint})")
-    return d
+    folder, meta = read_metadata(checkpoint)  # resolves 'default'; clear errors for bad folders
+    fp = (meta.get("base_model") or {}).get("fingerprint")
+    if fp != fingerprint:
+        raise ModelMismatchError(f"checkpoint {checkpoint!r} was trained on model "
+                                 f"{(meta.get('base_model') or {}).get('name')!r} (fingerprint {fp}), "
+                                 f"not on this --model (fingerprint {fingerprint})")
+    return default_paths(checkpoint, folder)[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     check_budget(args.budget, BITS_MIN)  # fail before loading anything
     space = build_space_for(args.model)
-    ckpt = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
+    ckpt_pool = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
     out: dict = {"model": args.model, "method": args.method, "budget": args.budget}
     if args.method == "ilp":
         from coalora.search.allocate import allocate_ilp
@@ -77,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         from coalora.search.gp import fit_surrogate
         from coalora.search.loop import pool_from_records
 
-        pool_path = Path(args.pool) if args.pool else (ckpt / "pool.json" if ckpt else None)
+        pool_path = Path(args.pool) if args.pool else ckpt_pool
         if pool_path is None or not pool_path.exists():
             raise ConfigError(
                 "--method gp needs evaluated configurations to fit its GP: give --pool FILE (result records, "

@@ -78,11 +78,14 @@ def ratio_stderr(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 # ---- encoding rows to token ids -------------------------------------------------------
-def _ids(tokenizer, text: str, special: bool) -> list[int]:
+def token_ids(tokenizer, text: str, special: bool) -> list[int]:
+    """Token ids of `text` (with the tokenizer's special tokens when `special`). Shared by
+    scoring and training (coalora.train.examples), so both see identical tokens."""
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The id used for padding: pad token, else EOS, else 0."""
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if t is not None:
             return int(t)
@@ -90,7 +93,7 @@ def _pad_id(tokenizer) -> int:
 
 
 def _label_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
-    ids = [_ids(tokenizer, w, False)[0] for w in words]
+    ids = [token_ids(tokenizer, w, False)[0] for w in words]
     if len(set(ids)) != len(ids):
         raise ValueError(f"label words {words} share their first token under this tokenizer")
     return ids
@@ -98,13 +101,13 @@ def _label_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
 
 # ---- per-chunk scoring -------------------------------------------------------------------
 def _score_label(model, tokenizer, prompts: list[LabelPrompt], ctx) -> list[float]:
-    seqs = [_ids(tokenizer, p.prompt, True) for p in prompts]
+    seqs = [token_ids(tokenizer, p.prompt, True) for p in prompts]
     label_ids = torch.tensor(_label_token_ids(tokenizer, prompts[0].label_words))
     bs, budget = BATCH["label"]
     correct = [0.0] * len(prompts)
     for batch in scoring.length_batches([len(s) for s in seqs], bs, budget):
         with ctx():
-            lp = scoring.last_token_logprobs(model, [seqs[i] for i in batch], _pad_id(tokenizer))
+            lp = scoring.last_token_logprobs(model, [seqs[i] for i in batch], pad_token_id(tokenizer))
         pred = lp[:, label_ids.to(lp.device)].argmax(-1).tolist()
         for i, p in zip(batch, pred):
             correct[i] = float(p == prompts[i].label)
@@ -117,20 +120,20 @@ def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[fl
     units: list[tuple[list[int], list[list[int]]]] = []
     where: list[list[tuple[int, int]]] = []  # per prompt, per choice: (unit, index in unit)
     for p in prompts:
-        conts = [_ids(tokenizer, c, False) for c in p.continuations]
+        conts = [token_ids(tokenizer, c, False) for c in p.continuations]
         if p.shared_context:
             where.append([(len(units), j) for j in range(len(conts))])
-            units.append((_ids(tokenizer, p.contexts[0], True), conts))
+            units.append((token_ids(tokenizer, p.contexts[0], True), conts))
         else:
             where.append([(len(units) + j, 0) for j in range(len(conts))])
-            units.extend((_ids(tokenizer, c, True), [x]) for c, x in zip(p.contexts, conts))
+            units.extend((token_ids(tokenizer, c, True), [x]) for c, x in zip(p.contexts, conts))
     cost = [len(c) + len(xs) * max(len(x) for x in xs) for c, xs in units]
     bs, budget = BATCH["choice"]
     unit_scores: list[torch.Tensor] = [torch.empty(0)] * len(units)
     for batch in scoring.length_batches(cost, bs, budget):
         with ctx():
             out = scoring.shared_context_logprobs(
-                model, [units[i][0] for i in batch], [units[i][1] for i in batch], _pad_id(tokenizer)
+                model, [units[i][0] for i in batch], [units[i][1] for i in batch], pad_token_id(tokenizer)
             )
         for i, s in zip(batch, out):
             unit_scores[i] = s.cpu()
@@ -147,7 +150,7 @@ def _score_text(model, tokenizer, prompts: list[TextPrompt], ctx) -> list[tuple[
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     seqs, nbytes = [], []
     for p in prompts:
-        ids = _ids(tokenizer, p.text, True)
+        ids = token_ids(tokenizer, p.text, True)
         if not ids or ids[0] != start:
             ids = [start] + ids  # so the first text token is predicted too
         text = p.text
@@ -160,7 +163,7 @@ def _score_text(model, tokenizer, prompts: list[TextPrompt], ctx) -> list[tuple[
     out: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(prompts)
     for batch in scoring.length_batches([len(s) for s in seqs], bs, budget):
         with ctx():
-            nll, ntok = scoring.sequence_nll(model, [seqs[i] for i in batch], _pad_id(tokenizer))
+            nll, ntok = scoring.sequence_nll(model, [seqs[i] for i in batch], pad_token_id(tokenizer))
         for i, a, b in zip(batch, nll.tolist(), ntok.tolist()):
             out[i] = (a, b, nbytes[i])
     return out

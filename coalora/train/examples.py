@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 
 from coalora.data import Split
+from coalora.eval.harness import pad_token_id
+from coalora.eval.harness import token_ids as _ids
 from coalora.eval.prompts import LabelPrompt, make_prompt, training_text
 
 IGNORE = -100
@@ -26,10 +28,6 @@ IGNORE = -100
 class Example:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # same length; IGNORE where no loss is taken
-
-
-def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 def task_examples(split: Split, tokenizer: Any, max_length: int) -> list[Example]:
@@ -76,8 +74,4 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pad_id_of(tokenizer: Any) -> int:
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if t is not None:
-            return int(t)
-    return 0
+pad_id_of = pad_token_id  # one padding rule for training and scoring

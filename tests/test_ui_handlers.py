@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import zipfile
 
 import gradio as gr
@@ -116,6 +117,33 @@ def test_adapter_matters_and_baselines_are_the_base_without_adapter(engine):
     assert again.value == with_adapter.value
 
 
+
+def test_baselines_file_written_then_read_without_computing(engine, tmp_path):
+    """`python app.py --write-baselines` = Engine.write_baselines: full result records of the base
+    without adapter at the uniform presets; an engine given that file shows them, measuring nothing."""
+    from coalora.results import ResultRecord
+    from ui.engine import BASELINE_PRESETS
+
+    path, recs = engine.write_baselines(tmp_path / "baselines.json")
+    assert [r.config_path for r in recs] == list(BASELINE_PRESETS)
+    for r, p in zip(recs, BASELINE_PRESETS):
+        cfg = engine.preset(p)
+        assert r.method == "base" and r.checkpoint is None and r.extra["done"] and r.n == len(engine.split)
+        assert r.config_hash == cfg.hash and engine.space.from_dict(r.config) == cfg
+        assert r.split_hash == engine.split.manifest_hash and r.split and r.code_version and r.seed == engine.seed
+        assert r.value == engine.evaluate_final(cfg, adapter=False).value
+    other = ResultRecord.from_dict({**recs[0].to_dict(), "split_hash": "another-split", "value": 0.0})
+    with open(path, "a") as f:  # a record of other rows is not shown
+        f.write(other.to_json() + "\n")
+    saved = engine.baselines_path, engine._baselines
+    try:
+        engine.baselines_path, engine._baselines = path, None
+        engine.evaluate_final = None  # reading must not evaluate anything
+        assert [r.to_dict() for r in engine.baselines()] == [r.to_dict() for r in recs]
+    finally:
+        del engine.evaluate_final
+        engine.baselines_path, engine._baselines = saved
+
 def test_export_zip_holds_the_peft_folder_and_configuration(engine):
     st = SessionState()
     h.apply_preset(engine, st, "nf3")
@@ -135,3 +163,78 @@ def test_api_functions(engine):
     assert cfg.avg_bits <= 3.0
     with pytest.raises(gr.Error, match="empty"):
         list(h.api_evaluate(engine, ""))
+
+
+def _lock_is_free(engine) -> bool:
+    """Whether ANOTHER thread can take the shared model lock at once (an RLock is re-entrant, so
+    trying from the test's own thread would succeed even while this thread held it)."""
+    got = []
+
+    def probe():
+        ok = engine.lock.acquire(blocking=False)
+        if ok:
+            engine.lock.release()
+        got.append(ok)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(10)
+    return got == [True]
+
+
+def _in_thread(fn, timeout=120):
+    """fn() in another thread (as gradio's workers run handlers); fails instead of hanging
+    if the lock was left held."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert out, "the next evaluation did not finish: the abandoned one still holds the model lock"
+    return out[0]
+
+
+@pytest.fixture(scope="module")
+def lm_engine(tmp_path_factory):
+    """The tiny engine on a plain-text task: its metric (bits per byte) is continuous, so two
+    configurations never tie and 'exactly the same result' means the same floats."""
+    return make_tiny_engine(tmp_path_factory.mktemp("ui-lm"), n_rows=24, task="lambada", with_costs=False)
+
+
+@pytest.mark.parametrize("how", ["closed", "left suspended"])
+def test_an_abandoned_evaluation_releases_the_model_and_changes_nothing(lm_engine, how):
+    """What cancelling a running evaluation (layout: cancels=..., trigger_mode='always_last')
+    does to our code: the generator stops after its first yield (gradio closes it, or just
+    drops it). The lock must be free at once, and the next evaluation, of ANOTHER
+    configuration and then of the abandoned one, must stream exactly what it streams alone."""
+    engine = lm_engine
+    a, b = engine.preset("nf2"), engine.preset("nf8")
+    alone_b = [(r.n, r.value, r.stderr) for r in engine.evaluate(b)]
+    alone_a = [(r.n, r.value, r.stderr) for r in engine.evaluate(a)]
+    assert len(alone_b) >= 2 and all(x[1] != y[1] for x, y in zip(alone_a, alone_b))  # nothing ties
+
+    # the engine generator
+    gen = engine.evaluate(a)
+    first = next(gen)
+    assert (first.n, first.value, first.stderr) == alone_a[0] and not first.extra["done"]
+    if how == "closed":
+        gen.close()
+    assert _lock_is_free(engine)
+    after = _in_thread(lambda: [(r.n, r.value, r.stderr) for r in engine.evaluate(b)])
+    assert after == alone_b
+    assert _in_thread(lambda: [(r.n, r.value, r.stderr) for r in engine.evaluate(a)]) == alone_a
+    del gen
+
+    # the handler generator the layout chains after every edit (one session's state)
+    st = SessionState()
+    h.apply_preset(engine, st, "nf2")
+    hgen = h.evaluate_stream(engine, st)
+    out = next(hgen)
+    assert "streaming" in out[2] and st.points == []  # cancelled before its final record
+    if how == "closed":
+        hgen.close()
+    assert _lock_is_free(engine)
+    h.apply_preset(engine, st, "nf8")  # the newer edit
+    outs = _in_thread(lambda: list(h.evaluate_stream(engine, st)))
+    assert "final" in outs[-1][2]
+    assert [p["config_hash"] for p in st.points] == [b.hash]  # the abandoned nf2 left no point
+    assert (st.points[0]["n"], st.points[0]["value"], st.points[0]["stderr"]) == alone_b[-1]

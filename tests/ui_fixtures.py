@@ -12,7 +12,8 @@ from conftest import make_tiny_llama
 VOCAB = 260
 
 
-def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True):
+def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True, task: str = "sst2",
+                     with_costs: bool = True):
     from test_eval import make_byte_tokenizer
 
     from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
@@ -26,7 +27,7 @@ def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True):
     make_byte_tokenizer().save_pretrained(base)
     model, _ = load_model(str(base), quiet=True)
     space = ConfigSpace.from_model(model, str(base))
-    costs = compute_costs(model, space, sample=0.5)
+    costs = compute_costs(model, space, sample=0.5) if with_costs else None  # None: no fast/ilp allocation
     wrapped = CoaLoraModel(model, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a non-zero adapter, so adapter on/off and configurations differ
@@ -41,4 +42,4 @@ def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True):
                     for i, (b, p) in enumerate([(2.2, "nf2"), (3.2, "nf3"), (4.2, "nf4")]))
         front = PredictedFront(pts, space, meta={"metric": "accuracy", "task": "sst2"}).save(tmp / "front.json")
     return Engine.load(str(tmp / "ckpt"), costs=costs, front_path=front, baselines_path=None, pool_paths=(),
-                       n_rows=n_rows, dtype="fp32")
+                       n_rows=n_rows, dtype="fp32", task=task)

@@ -288,28 +288,52 @@ class Engine:
     # ---- baselines ----------------------------------------------------------------------------
     def baselines(self, compute: bool = False) -> list[ResultRecord]:
         """The quantized base without adapter at the uniform presets: read from the baselines
-        file when it has them, else measured here (only when `compute`), then kept in memory."""
+        file when it has them (same task, model and quick-eval rows), else measured here (only
+        when `compute`), then kept in memory."""
         with self.lock:
             if self._baselines is not None:
                 return list(self._baselines)
-            recs = []
-            if self.baselines_path is not None and Path(self.baselines_path).is_file():
-                recs = [r for r in read_records(self.baselines_path)
-                        if r.task == self.task and r.model == self.model_name and r.method == "base"
-                        and r.avg_bits is not None]
+            recs = self._read_baselines()
             if recs:
                 self._baselines = recs
                 return list(recs)
             if not compute:
                 return []
-            recs = []
-            for p in BASELINE_PRESETS:
-                rec = self.evaluate_final(self.space.preset(p), adapter=False)
-                rec.config_path = p
-                rec.extra["preset"] = p
-                recs.append(rec)
-            self._baselines = recs
+            self._baselines = self.measure_baselines()
             return list(self._baselines)
+
+    def _read_baselines(self) -> list[ResultRecord]:
+        if self.baselines_path is None or not Path(self.baselines_path).is_file():
+            return []
+        latest: dict[str, ResultRecord] = {}  # one per configuration: the last one in the file
+        for r in read_records(self.baselines_path):
+            if (r.task == self.task and r.model == self.model_name and r.method == "base"
+                    and r.avg_bits is not None and r.split_hash == self.split.manifest_hash and r.config_hash):
+                latest[r.config_hash] = r
+        return sorted(latest.values(), key=lambda r: r.avg_bits)
+
+    def measure_baselines(self) -> list[ResultRecord]:
+        """Quick-eval the quantized base (adapter off) at BASELINE_PRESETS -> final records."""
+        recs = []
+        for p in BASELINE_PRESETS:
+            rec = self.evaluate_final(self.space.preset(p), adapter=False)
+            rec.config_path = p
+            rec.extra["preset"] = p
+            recs.append(rec)
+        return recs
+
+    def write_baselines(self, path: Path | None = None) -> tuple[Path, list[ResultRecord]]:
+        """Measure the baselines and write them (JSON lines, written to a temporary name and
+        renamed) to `path`, default the engine's baselines file -> (path, records)."""
+        path = Path(path or self.baselines_path or DEFAULT_BASELINES)
+        recs = self.measure_baselines()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(r.to_json() + "\n" for r in recs))
+        os.replace(tmp, path)
+        with self.lock:
+            self._baselines = recs
+        return path, recs
 
     # ---- allocation ---------------------------------------------------------------------------
     def allocate(self, budget: float, method: str = "fast") -> tuple[Configuration, str]:

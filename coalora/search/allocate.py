@@ -5,9 +5,17 @@
                sum_i sum_c (n_i / N) bpp(c) x_ic <= budget (average bits per weight)
                x_ic in {0, 1}
 
-solved by scipy.optimize.milp (HiGHS). Settings that another setting beats on both cost and
-bits are removed per matrix first: an optimum never needs them, and the program shrinks
-from 432 to a few dozen columns per matrix.
+solved by scipy.optimize.milp (HiGHS). Two exact reductions come first:
+- settings that another setting beats on both cost and bits are removed per matrix (an
+  optimum never needs them): 432 -> a few dozen columns per matrix;
+- Lagrangian reduced-cost fixing: with a bit price lam >= 0, every feasible x has
+  cost(x) >= LB + sum_i rc(i, x_i), where LB = sum_i min_c (F + lam w)(i, c) - lam * budget
+  and rc(i, c) = (F + lam w)(i, c) - min_c' (F + lam w)(i, c') >= 0. So a column with
+  LB + rc(i, c) > UB (the cost of a known feasible configuration, from the Lagrangian
+  heuristic below) is in no configuration better than that one and is dropped.
+When UB - LB is already within the asked relative gap (default 1e-3 of the total error, on
+SmolLM2 the usual case), the heuristic's configuration is returned as is: proven that close
+to the optimum, in milliseconds; otherwise HiGHS solves the reduced program (bench/search.py).
 """
 
 from __future__ import annotations
@@ -77,8 +85,9 @@ def pareto_settings(errors: torch.Tensor, bpp: torch.Tensor) -> list[np.ndarray]
     return keep
 
 
-def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_rel_gap: float = 1e-4) -> Allocation:
-    """The configuration of least total quantization error with avg_bits <= `budget`.
+def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_rel_gap: float = 1e-3) -> Allocation:
+    """The configuration of least total quantization error with avg_bits <= `budget`, proven
+    optimal up to `mip_rel_gap` (relative to its total error; 0 asks for the exact optimum).
 
     Raises ConfigError for a budget below the cheapest setting (naming the minimum).
     """
@@ -89,21 +98,32 @@ def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_
     space = costs.space
     bpp = costs.bits_per_param
     budget = check_budget(budget, float(bpp.min()))
-    numel = torch.tensor([m.numel for m in space.matrices], dtype=torch.float64)
-    share = (numel / numel.sum()).numpy()  # n_i / N
-    cols = pareto_settings(costs.errors.to(torch.float64), bpp)
+    share = _shares(space).numpy()  # n_i / N
+    errors = costs.errors.to(torch.float64)
+    scale = float(errors.mean()) or 1.0  # keep typical objective coefficients O(1) for the solver
+    errors = errors / scale
+    incumbent, lam = _lagrangian(errors, bpp, share, budget)
+    rows = torch.arange(space.n_matrices)
+    upper = float(errors[rows, incumbent].sum())  # UB: the incumbent's cost
+    rc, lower = _reduced_costs(errors, bpp, share, budget, lam)  # (M, S), LB
+    if upper - lower <= mip_rel_gap * abs(upper):
+        # The incumbent is already proven within the asked optimality gap: no branch and bound.
+        return _allocation(costs, incumbent.numpy(), budget, "within mip_rel_gap of the Lagrangian bound "
+                           "(no branch and bound needed)", (upper - lower) / max(abs(upper), 1e-300), t0)
+    slack = upper - lower + 1e-9 * max(1.0, abs(upper))  # float tolerance: keep borderline columns
+    cols = [np.union1d(c[rc[i, c] <= slack], [int(incumbent[i])])  # the incumbent stays feasible
+            for i, c in enumerate(pareto_settings(errors, bpp))]
     # Flatten the kept (matrix, setting) pairs into one variable vector.
     mat_of = np.concatenate([np.full(len(c), i) for i, c in enumerate(cols)])
     set_of = np.concatenate(cols)
-    err = costs.errors.to(torch.float64).numpy()[mat_of, set_of]
-    scale = float(err.mean()) or 1.0  # keep typical objective coefficients O(1) for the solver
+    err = errors.numpy()[mat_of, set_of]
     weight = share[mat_of] * bpp.numpy()[set_of]
     n_var = len(set_of)
     one_each = csr_matrix((np.ones(n_var), (mat_of, np.arange(n_var))), shape=(space.n_matrices, n_var))
     # The cheapest configuration must stay feasible at budget == min_bits (its avg_bits is exact).
     limit = max(budget - _BUDGET_MARGIN, float(bpp.min()))
     cons = [LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, limit)]
-    res = milp(err / scale, integrality=np.ones(n_var), bounds=Bounds(0, 1), constraints=cons,
+    res = milp(err, integrality=np.ones(n_var), bounds=Bounds(0, 1), constraints=cons,
                options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap})
     if res.x is None:
         raise ConfigError(f"the integer program found no configuration for budget {budget:g} ({res.message})")
@@ -112,59 +132,96 @@ def allocate_ilp(costs: CostTable, budget: float, time_limit: float = 30.0, mip_
     for i in range(space.n_matrices):
         members = np.flatnonzero(mat_of == i)
         chosen[i] = set_of[members[np.argmax(x[members])]]  # the one variable at 1 (robust to 0.9999)
-    config = Configuration(space, tuple(costs.settings[j] for j in chosen), costs.family)
+    gap = float(getattr(res, "mip_gap", float("nan")) or 0.0)
+    # HiGHS stops within its gap: spend any slack it left, and never return worse than the incumbent.
+    chosen = _greedy_fill(errors, bpp, torch.as_tensor(share), budget, torch.as_tensor(chosen)).numpy()
+    if float(errors[rows, torch.as_tensor(chosen)].sum()) > upper:
+        chosen = incumbent.numpy()
+    return _allocation(costs, chosen, budget, str(res.message), gap, t0)
+
+
+def _allocation(costs: CostTable, chosen: np.ndarray, budget: float, status: str, gap: float, t0: float) -> Allocation:
+    space = costs.space
+    config = Configuration(space, tuple(costs.settings[int(j)] for j in chosen), costs.family)
     avg = config.avg_bits
     if avg > budget:  # cannot happen with the margin above; fail loudly rather than overspend
         raise RuntimeError(f"ILP result has avg_bits {avg!r} > budget {budget!r}")
     total = float(costs.errors.to(torch.float64)[torch.arange(space.n_matrices), torch.as_tensor(chosen)].sum())
-    gap = float(getattr(res, "mip_gap", float("nan")) or 0.0)
-    return Allocation(config, budget, avg, total, str(res.message), gap, time.perf_counter() - t0)
+    return Allocation(config, budget, avg, total, status, gap, time.perf_counter() - t0)
 
 
-def allocate_lagrangian(costs: CostTable, budget: float, iterations: int = 60) -> Configuration:
-    """A fast, deterministic near-optimal allocation: the Lagrangian relaxation of the ILP.
+def _shares(space) -> torch.Tensor:
+    numel = torch.tensor([m.numel for m in space.matrices], dtype=torch.float64)
+    return numel / numel.sum()  # (M,) n_i / N
+
+
+def _reduced_costs(errors: torch.Tensor, bpp: torch.Tensor, share: np.ndarray, budget: float,
+                   lam: float) -> tuple[np.ndarray, float]:
+    """-> (rc (M, S), LB): the reduced costs at bit price `lam` and the Lagrangian lower bound
+    on the cost of every configuration within the budget (module doc)."""
+    w = torch.as_tensor(share)[:, None] * bpp[None, :]  # (M, S) avg-bit contribution
+    penal = errors + lam * w
+    best = penal.min(dim=1).values  # (M,)
+    return (penal - best[:, None]).numpy(), float(best.sum()) - lam * budget
+
+
+def _lagrangian(errors: torch.Tensor, bpp: torch.Tensor, share: np.ndarray | torch.Tensor, budget: float,
+                iterations: int = 60) -> tuple[torch.Tensor, float]:
+    """-> (feasible per-matrix setting indices (M,), the bit price lam of the relaxation).
 
     For a price lam >= 0 on bits, every matrix independently takes
     argmin_c F(i, c) + lam * (n_i / N) * bpp(c); avg_bits falls as lam rises, so a bisection
-    finds the cheapest price that meets the budget. A greedy pass then spends the slack on
-    the upgrades with the best error reduction per bit. Milliseconds, no solver, the same
-    answer on every machine (the ILP with a time limit is not): used for training sets.
+    finds the cheapest price that meets the budget; _greedy_fill then spends the slack.
     """
-    space = costs.space
-    bpp = costs.bits_per_param  # (S,)
-    budget = check_budget(budget, float(bpp.min()))
-    numel = torch.tensor([m.numel for m in space.matrices], dtype=torch.float64)
-    share = numel / numel.sum()  # (M,)
-    err = costs.errors.to(torch.float64)
-    err = err / (err.max() or 1.0)
-    rows = torch.arange(space.n_matrices)
+    share = torch.as_tensor(share, dtype=torch.float64)
+    n = errors.shape[0]
 
     def choose(lam: float) -> torch.Tensor:
-        return torch.argmin(err + lam * share[:, None] * bpp[None, :], dim=1)  # (M,)
+        return torch.argmin(errors + lam * share[:, None] * bpp[None, :], dim=1)  # (M,)
 
     def bits(idx: torch.Tensor) -> float:
         return float((share * bpp[idx]).sum())
 
     lo, hi = 0.0, 1.0
-    while bits(choose(hi)) > budget and hi < 1e12:
+    while bits(choose(hi)) > budget and hi < 1e15:
         hi *= 10
     for _ in range(iterations):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if bits(choose(mid)) > budget else (lo, mid)
     idx = choose(hi)
     if bits(idx) > budget:  # only when even the cheapest choice overspends (budget ~ min)
-        idx = torch.full((space.n_matrices,), int(torch.argmin(bpp)))
-    # Greedy fill: repeatedly take the single-matrix change with the best error drop per bit.
-    for _ in range(4 * space.n_matrices):
-        slack = budget - bits(idx)
+        idx = torch.full((n,), int(torch.argmin(bpp)))
+    return _greedy_fill(errors, bpp, share, budget, idx), hi
+
+
+def _greedy_fill(errors: torch.Tensor, bpp: torch.Tensor, share: torch.Tensor, budget: float,
+                 idx: torch.Tensor) -> torch.Tensor:
+    """Spend the slack: repeatedly take the single-matrix change with the best error drop per
+    bit that still fits, until none does. idx (M,) is updated in place and returned."""
+    rows = torch.arange(errors.shape[0])
+    for _ in range(4 * errors.shape[0]):
+        slack = budget - float((share * bpp[idx]).sum())
         extra = share[:, None] * (bpp[None, :] - bpp[idx][:, None])  # (M, S) added avg bits
-        gain = err[rows, idx][:, None] - err  # (M, S) error reduction
+        gain = errors[rows, idx][:, None] - errors  # (M, S) error reduction
         ok = (extra > 0) & (extra <= slack - 1e-12) & (gain > 0)
         if not ok.any():
             break
         ratio = torch.where(ok, gain / extra.clamp_min(1e-30), torch.full_like(gain, -1.0))
         i, s = divmod(int(torch.argmax(ratio)), ratio.shape[1])
         idx[i] = s
+    return idx
+
+
+def allocate_lagrangian(costs: CostTable, budget: float, iterations: int = 60) -> Configuration:
+    """A fast, deterministic near-optimal allocation: the Lagrangian relaxation of the ILP
+    plus a greedy fill of the slack (see _lagrangian). Milliseconds, no solver, the same
+    answer on every machine (the ILP with a time limit is not): used for training sets.
+    """
+    space = costs.space
+    bpp = costs.bits_per_param  # (S,)
+    budget = check_budget(budget, float(bpp.min()))
+    err = costs.errors.to(torch.float64)
+    idx, _ = _lagrangian(err / (err.max() or 1.0), bpp, _shares(space), budget, iterations)
     config = Configuration(space, tuple(costs.settings[j] for j in idx.tolist()), costs.family)
     if config.avg_bits > budget:  # float rounding of the running sum; never overspend
         raise RuntimeError(f"Lagrangian allocation has avg_bits {config.avg_bits!r} > budget {budget!r}")

@@ -1,5 +1,9 @@
 """The app in Debian chromium (playwright, never `playwright install`): load the page, move
-a block slider, and check the chart gained a point; a screenshot goes to test-artifacts/."""
+a block slider, and check the chart gained a point; move a second slider at once (the newer
+edit supersedes the running evaluation) and check the table ends with the newest
+configuration; no console error and no HTTP error response at any time (gradio `cancels=`
+once made every edit POST /cancel and /reset with event_id null: HTTP 422). A screenshot goes
+to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
             browser = p.chromium.launch_persistent_context(  # a fresh user-data dir per run
                 str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, viewport={"width": 1400, "height": 1100})
             page = browser.new_page()
+            errors = []
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url} "
+                                                        f"{r.request.post_data}") if r.status >= 400 else None)
             page.goto(demo.local_url)
             page.wait_for_selector("#plot .js-plotly-plot", timeout=60_000)
             assert n_points(page) == 0
@@ -57,6 +65,16 @@ def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
             page.wait_for_function("() => document.querySelector('#status').innerText.includes('final')", timeout=120_000)
             assert n_points(page) >= 1
             assert page.inner_text("#size-line") != size_before  # avg bits moved with the slider
+            for b in (1, 0):  # two more edits in quick succession: block 1 to 8 bits, then block 0 to 8 bits
+                box = page.locator(f"#block-{b} input[type=range]").bounding_box()
+                page.mouse.click(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+            page.wait_for_function(  # the newest configuration's final point reaches the table
+                """() => { const m = document.querySelector('#size-line').innerText.match(/configuration ([0-9a-f]{16})/);
+                           return m && document.querySelector('#points').innerText.includes(m[1])
+                                  && document.querySelector('#status').innerText.includes('final'); }""",
+                timeout=120_000)
+            page.wait_for_timeout(1000)
+            assert errors == []
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "app-browser-test.png"), full_page=True)
             browser.close()

@@ -238,3 +238,32 @@ def test_an_abandoned_evaluation_releases_the_model_and_changes_nothing(lm_engin
     assert "final" in outs[-1][2]
     assert [p["config_hash"] for p in st.points] == [b.hash]  # the abandoned nf2 left no point
     assert (st.points[0]["n"], st.points[0]["value"], st.points[0]["stderr"]) == alone_b[-1]
+
+
+def test_a_newer_edit_supersedes_the_running_evaluation(lm_engine, monkeypatch):
+    """The app's cancellation (ui/layout.py): once the session's configuration changes, the
+    running evaluate_stream stops at its next chunk boundary without computing another chunk
+    or touching the session; the evaluation of the new configuration is exactly the one alone."""
+    engine = lm_engine
+    alone = [(r.n, r.value, r.stderr) for r in engine.evaluate(engine.preset("nf8"))]
+    pulled = []
+    real = engine.evaluate
+
+    def counting(config, adapter=True):
+        for rec in real(config, adapter):
+            pulled.append((config.hash, rec.n))
+            yield rec
+
+    monkeypatch.setattr(engine, "evaluate", counting)
+    st = SessionState()
+    h.apply_preset(engine, st, "nf2")
+    gen = h.evaluate_stream(engine, st)
+    assert "streaming" in next(gen)[2]
+    h.apply_preset(engine, st, "nf8")  # the newer edit, while nf2 is still streaming
+    assert next(gen, None) is None  # superseded: it ends ...
+    assert pulled == [(engine.preset("nf2").hash, pulled[0][1])]  # ... without another chunk
+    assert _lock_is_free(engine) and st.points == [] and st.current is None
+    outs = _in_thread(lambda: list(h.evaluate_stream(engine, st)))
+    assert "final" in outs[-1][2]
+    assert [p["config_hash"] for p in st.points] == [engine.preset("nf8").hash]
+    assert (st.points[0]["n"], st.points[0]["value"], st.points[0]["stderr"]) == alone[-1]

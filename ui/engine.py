@@ -5,7 +5,8 @@ Concurrency: one lock guards the shared model. An evaluation holds it for ONE ch
 streamed quick eval at a time (never across a yield to the caller) and re-applies its own
 configuration before each chunk, so requests interleave but every chunk is scored under the
 configuration of the request that asked for it: two clients at once each get exactly what
-they would get alone. An abandoned (cancelled) evaluation therefore never holds the lock.
+they would get alone. An abandoned (superseded, closed or dropped) evaluation therefore never
+holds the lock.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ class Engine:
             yield
 
     def evaluate(self, config: Configuration, adapter: bool = True) -> Iterator[ResultRecord]:
-        """Stream the quick eval of `config`: one ResultRecord per chunk (16, 32, 64 ... rows),
+        """Stream the quick eval of `config`: one ResultRecord per chunk (after 8, 24, 56 ... rows),
         the last with extra['done'] True. The lock is held for one chunk at a time."""
         from coalora.eval import iter_eval
 

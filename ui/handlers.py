@@ -13,6 +13,7 @@ import csv
 import io
 import os
 from collections import Counter
+from contextlib import closing
 from typing import Any, Iterator
 
 import gradio as gr
@@ -183,19 +184,29 @@ def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> 
 
 def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     """Quick-eval the session's configuration, yielding [state, figure, status, table] after
-    every chunk (the error bar tightens); the final record joins the session's points."""
+    every chunk (the error bar tightens); the final record joins the session's points.
+
+    A newer edit supersedes it: when the session's configuration is no longer the one being
+    evaluated, the generator stops at its next chunk boundary (before computing another
+    chunk, and without touching the session), which frees the model at once; the layout's
+    trigger_mode="always_last" then runs the evaluation of the new configuration."""
     config = current_config(engine, state)
     _set(state, config)
+    mine = state.config
     prediction = engine.predict(config)
     state.prediction = prediction
-    for rec in engine.evaluate(config):
-        d = rec.to_dict()
-        if prediction is not None:
-            d["extra"]["predicted"] = list(prediction)
-        state.current = d
-        if d["extra"].get("done"):
-            state.add_point(d)
-        yield [state, figure(engine, state), status_line(d, prediction), table(state)]
+    with closing(engine.evaluate(config)) as records:
+        while state.config == mine:
+            rec = next(records, None)
+            if rec is None or state.config != mine:
+                return
+            d = rec.to_dict()
+            if prediction is not None:
+                d["extra"]["predicted"] = list(prediction)
+            state.current = d
+            if d["extra"].get("done"):
+                state.add_point(d)
+            yield [state, figure(engine, state), status_line(d, prediction), table(state)]
 
 
 def table_csv(engine: Engine, state: SessionState) -> str:

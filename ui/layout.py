@@ -1,7 +1,8 @@
 """The gr.Blocks of the app: controls on the left, plot, status and table on the right.
 
 Every control edit updates the session configuration (instantly: avg bits and MB), then
-chains one streamed quick eval. A newer edit cancels the evaluation still running.
+chains one streamed quick eval. A newer edit supersedes the evaluation still running
+(it stops at its next chunk boundary; see h.evaluate_stream).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                     export_btn = gr.Button("Export adapter (peft folder + configuration, zip)", size="sm")
                 export_file = gr.File(label="Export", interactive=False, height=90)
                 tbl = gr.Dataframe(headers=h.TABLE_HEADERS, label="Points evaluated in this session (click a header to sort)",
-                                   interactive=False, wrap=True)
+                                   interactive=False, wrap=True, elem_id="points")
                 csv_btn = gr.Button("Table as CSV", size="sm")
                 csv_file = gr.File(label="CSV", interactive=False, height=90)
 
@@ -100,25 +101,27 @@ def build_app(engine: Engine) -> gr.Blocks:
         def chain(dep):
             return dep.then(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
 
-        evals = []
-        evals.append(chain(gr.on([s.release for s in sliders], partial(h.apply_sliders, engine), [state, *sliders],
-                                 cfg_out, trigger_mode="always_last", api_visibility="private")))
-        evals.append(chain(attn.input(lambda st, v: h.apply_override(engine, st, "attention", v), [state, attn],
-                                      cfg_out, api_visibility="private")))
-        evals.append(chain(mlp.input(lambda st, v: h.apply_override(engine, st, "mlp", v), [state, mlp], cfg_out,
-                                     api_visibility="private")))
+        chain(gr.on([s.release for s in sliders], partial(h.apply_sliders, engine), [state, *sliders],
+                    cfg_out, trigger_mode="always_last", api_visibility="private"))
+        chain(attn.input(lambda st, v: h.apply_override(engine, st, "attention", v), [state, attn],
+                         cfg_out, api_visibility="private"))
+        chain(mlp.input(lambda st, v: h.apply_override(engine, st, "mlp", v), [state, mlp], cfg_out,
+                        api_visibility="private"))
         for f, comp in zip(h.ADVANCED_FIELDS, fields):
-            evals.append(chain(comp.input(partial(_field_fn, engine, f), [state, comp], cfg_out, api_visibility="private")))
-        evals.append(chain(preset.input(partial(h.apply_preset, engine), [state, preset], cfg_out, api_visibility="private")))
-        evals.append(chain(gr.on([budget.release, alloc_btn.click], partial(h.apply_allocation, engine),
-                                 [state, budget, method], [*cfg_out, alloc_note], trigger_mode="always_last",
-                                 api_visibility="private")))
-        evals.append(chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private")))
-        evals.append(evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw))
-        # A newer edit cancels the evaluation still running (registered after all of them exist).
-        gr.on([s.release for s in sliders] + [attn.input, mlp.input, *[c.input for c in fields], preset.input,
-                                             budget.release, alloc_btn.click, upload.upload, evaluate_btn.click],
-              None, None, None, cancels=evals, api_visibility="private")
+            chain(comp.input(partial(_field_fn, engine, f), [state, comp], cfg_out, api_visibility="private"))
+        chain(preset.input(partial(h.apply_preset, engine), [state, preset], cfg_out, api_visibility="private"))
+        chain(gr.on([budget.release, alloc_btn.click], partial(h.apply_allocation, engine),
+                    [state, budget, method], [*cfg_out, alloc_note], trigger_mode="always_last",
+                    api_visibility="private"))
+        chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private"))
+        evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
+        # A newer edit supersedes the evaluation still running: h.evaluate_stream stops at its
+        # next chunk boundary once the session's configuration has changed, and always_last runs
+        # the newest evaluation after it. No gradio `cancels=` here: gradio 6's page runs an
+        # event's listeners one after another, so a cancel listener on the edit triggers ran
+        # only after the edit's handler had finished and its .then evaluation was submitted, and
+        # targeted that NEW evaluation before its event id was known: POST /cancel and /reset
+        # with event_id null, HTTP 422 on every edit (tests/test_ui_browser.py checks for none).
 
         base_btn.click(partial(h.compute_baselines, engine), [state], [plot, alloc_note], api_visibility="private")
         export_btn.click(partial(h.export, engine), [state], [export_file], api_visibility="private")

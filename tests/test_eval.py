@@ -192,8 +192,10 @@ def test_ratio_stderr_reduces_to_stderr_of_mean_for_equal_denominators():
 
 
 def test_chunk_sizes_grow_and_sum():
-    assert harness.chunk_sizes(128) == [16, 32, 64, 16]
-    assert harness.chunk_sizes(10) == [10]
+    assert harness.chunk_sizes(128) == [8, 16, 32, 64, 8]
+    assert harness.chunk_sizes(128, first=16) == [16, 32, 64, 16]
+    assert harness.chunk_sizes(10) == [8, 2]
+    assert harness.chunk_sizes(10, first=16) == [10]
     assert sum(harness.chunk_sizes(1000)) == 1000
 
 
@@ -201,7 +203,7 @@ def test_chunk_sizes_grow_and_sum():
 def test_streaming_yields_growing_n_and_ends_with_the_full_estimate(lm):
     model, tok = lm
     ests = list(iter_quick_eval(model, tok, "sst2", n=56, dtype="fp32"))
-    assert [e.n for e in ests] == [16, 48, 56]
+    assert [e.n for e in ests] == [8, 24, 56]
     assert [e.done for e in ests] == [False, False, True]
     assert all(e.seconds > 0 for e in ests)
     assert [e.seconds for e in ests] == sorted(e.seconds for e in ests)
@@ -265,3 +267,24 @@ def test_eval_restores_the_callers_train_mode(lm):
         assert model.training
     finally:
         model.eval()
+
+
+def test_choice_scores_report_normalised_and_raw_correctness(lm):
+    """acc_norm divides by continuation bytes; with equal-byte-length continuations it must agree
+    with the raw-sum argmax, and with unequal lengths both flags are still 0/1 per question."""
+    model, tok = lm
+    ctx = lambda: scoring.compute_context("fp32", torch.device("cpu"))  # noqa: E731
+    same = [ChoicePrompt(("The sky is",) * 3, (" red", " tan", " six"), 0),
+            ChoicePrompt(("Cats like",) * 2, (" milk", " rust"), 1)]
+    for norm, raw in harness._score_choice(model, tok, same, ctx):
+        assert norm == raw and norm in (0.0, 1.0)
+    mixed = [ChoicePrompt(("A",) * 2, (" b", " a much longer continuation"), 0)]
+    [(norm, raw)] = harness._score_choice(model, tok, mixed, ctx)
+    assert {norm, raw} <= {0.0, 1.0}
+
+
+def test_multiple_choice_estimate_carries_unnormalised_accuracy(lm):
+    model, tok = lm
+    est = quick_eval(model, tok, "piqa", n=12, dtype="fp32")
+    assert 0.0 <= est.extra["acc_unnormalized"] <= 1.0
+    assert est.metric == "accuracy" and est.n == 12

@@ -27,7 +27,7 @@ from coalora.eval import scoring
 from coalora.eval.prompts import ChoicePrompt, LabelPrompt, TextPrompt, make_prompt
 
 DEFAULT_N = 128
-FIRST_CHUNK = 16
+FIRST_CHUNK = 8  # rows behind the first streamed estimate (issue 4: first estimate < 0.5 s; bench/eval_speed.py)
 MAX_CHUNK = 128
 MAX_TEXT_TOKENS = 1024
 # (batch_size, padded-token budget) per task kind: keeps a batch's fp32 logits under ~0.5 GB.
@@ -114,7 +114,9 @@ def _score_label(model, tokenizer, prompts: list[LabelPrompt], ctx) -> list[floa
     return correct
 
 
-def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[float]:
+def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[tuple[float, float]]:
+    """-> per question (correct by length-normalised log-likelihood, correct by the raw sum):
+    lm-eval's acc_norm (our metric) and acc (reported beside it in Estimate.extra)."""
     # Units: (context ids, [continuation ids]) run together; a shared-context question is
     # one unit, otherwise (WinoGrande) each choice is its own unit.
     units: list[tuple[list[int], list[list[int]]]] = []
@@ -139,9 +141,11 @@ def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[fl
             unit_scores[i] = s.cpu()
     correct = []
     for p, w in zip(prompts, where):
+        raw = [float(unit_scores[u][j]) for u, j in w]
         # Length normalisation by the continuation's UTF-8 bytes (lm-eval "acc_norm").
-        norm = [float(unit_scores[u][j]) / max(1, len(c.encode())) for (u, j), c in zip(w, p.continuations)]
-        correct.append(float(max(range(len(norm)), key=norm.__getitem__) == p.label))
+        norm = [r / max(1, len(c.encode())) for r, c in zip(raw, p.continuations)]
+        correct.append((float(max(range(len(norm)), key=norm.__getitem__) == p.label),
+                        float(max(range(len(raw)), key=raw.__getitem__) == p.label)))
     return correct
 
 
@@ -227,6 +231,10 @@ def iter_eval(
             if kind == "lm":
                 value, se, extra = _summarise_text(scores)
                 metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
+            elif kind == "choice":
+                flat = tuple(s[0] for s in scores)
+                value, extra, metric = sum(flat) / n, {"acc_unnormalized": sum(s[1] for s in scores) / n}, "accuracy"
+                se = binomial_stderr(value, n)
             else:
                 value = sum(scores) / n
                 se, extra, metric, flat = binomial_stderr(value, n), {}, "accuracy", tuple(scores)

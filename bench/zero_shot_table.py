@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIGS = ("none", "nf8", "nf4", "nf3", "nf2")
-TASKS = ("sst2", "piqa", "arc_easy", "hellaswag", "winogrande", "lambada")
+TASKS = ("sst2", "piqa", "arc_easy", "arc_challenge", "hellaswag", "openbookqa", "copa", "winogrande", "boolq", "lambada")
 
 
 def main() -> None:

@@ -452,6 +452,9 @@ def front_line(front: Any) -> FrontLine:
     on_axis = metric in ACCURACY_METRICS
     pts = sorted(front.points, key=lambda p: p.avg_bits)
     conv = (lambda v: 1.0 - v) if on_axis else (lambda v: v)  # noqa: E731
+    # The front is fitted on dev rows, the quick eval scores test rows: say which.
+    n_rows = front.meta.get("dev_rows")
+    rows = f", {n_rows} {front.meta.get('part', 'dev')} rows" if n_rows else ""
     return FrontLine(
         avg_bits=tuple(p.avg_bits for p in pts),
         packed_bytes=tuple(p.config.packed_bytes for p in pts),
@@ -460,5 +463,5 @@ def front_line(front: Any) -> FrontLine:
         upper=tuple(conv(p.mean + 2 * p.std) for p in pts),
         summaries=tuple(summarize(p.config) for p in pts),
         on_metric_axis=on_axis,
-        label="GP-predicted front (mean ± 2σ)" if on_axis else "GP-predicted f1 (mean ± 2σ, right axis)",
+        label=("GP-predicted front (mean ± 2σ" if on_axis else "GP-predicted f1 (mean ± 2σ, right axis") + rows + ")",
     )

@@ -1,0 +1,71 @@
+"""PNG of a checkpoint's GP-predicted front (issue 6, item 6c): the predicted best accuracy per
+bit budget with its ±2σ band, the measured pool points, and the baselines (the quantized base
+without adapter at the uniform presets).
+
+    .venv/bin/python bench/front_plot.py [--front assets/front/default.json] \
+        [--baselines assets/front/baselines.json] [--out docs/front.png]
+
+Reads only files (no model, no GP fit): the front file written by `coalora search`, which
+holds its observed pool points, and the baselines file written by
+`python app.py --write-baselines`. Accuracy = 1 - f1 (the front's objective is the error).
+Note the row sets: the front and pool are measured on the dev batch named in the front file,
+the baselines on the app's quick-eval test rows; both are SST-2 accuracy of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--front", type=Path, default=ROOT / "assets" / "front" / "default.json")
+    ap.add_argument("--baselines", type=Path, default=ROOT / "assets" / "front" / "baselines.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "front.png")
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from coalora.results import read_records
+
+    front = json.loads(args.front.read_text())
+    if front.get("objective") != "error":
+        print(f"{args.front}: objective {front.get('objective')!r}; this plot draws accuracy = 1 - error",
+              file=sys.stderr)
+        return 2
+    pts = sorted(front["points"], key=lambda p: p["budget"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [p["budget"] for p in pts]
+    ax.fill_between(x, [1 - p["upper"] for p in pts], [1 - p["lower"] for p in pts], step="post",
+                    color="tab:blue", alpha=0.2, label="GP band (mean ± 2σ)")
+    ax.step(x, [1 - p["mean"] for p in pts], where="post", color="tab:blue",
+            label="GP-predicted best accuracy within the budget")
+    obs = front.get("observed", [])
+    ax.scatter([o["avg_bits"] for o in obs], [1 - o["f1"] for o in obs], s=14, color="tab:gray", alpha=0.8,
+               label=f"measured pool ({len(obs)} configurations, {front.get('dev_rows')} dev rows)")
+    if args.baselines.is_file():
+        base = sorted((r for r in read_records(args.baselines) if r.avg_bits is not None), key=lambda r: r.avg_bits)
+        ax.errorbar([r.avg_bits for r in base], [r.value for r in base], yerr=[r.stderr for r in base], fmt="kx",
+                    capsize=2, label=f"no adapter, uniform presets ({base[0].n if base else 0} test rows)")
+    ax.set_xlabel("average bits per weight (bit budget for the front)")
+    ax.set_ylabel(f"{front.get('task', 'task').upper()} accuracy")
+    ax.set_title(f"Predicted front of {Path(front.get('checkpoint', '?')).name} "
+                 f"({front.get('n_observations')} observations)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

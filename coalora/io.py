@@ -10,16 +10,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+def plain_mode() -> int:
+    """The permission bits a plain open() gives a new file under the current umask."""
+    umask = os.umask(0)  # reading the umask means setting it; restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp makes the file owner-only; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, plain_mode())  # mkstemp makes the file owner-only
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

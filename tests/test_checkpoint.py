@@ -212,3 +212,18 @@ def test_load_weights_into_an_existing_model(saved, tiny_model_dir):
     other = make_tiny_llama(n_layers=3)
     with pytest.raises(ModelMismatchError, match="trained on"):
         load_weights(CoaLoraModel(other, ConfigSpace.from_model(other, "other"), LoraSpec(rank=4)), path)
+
+
+
+def test_checkpoint_files_get_plain_permissions(saved):
+    """Every file of a saved checkpoint has the mode a plain open() gives under the umask
+    (safetensors and mkstemp alone would leave owner-only files)."""
+    import os
+
+    from coalora.io import plain_mode
+
+    _, path = saved
+    files = list(path.iterdir())
+    assert {f.name for f in files} >= {"adapter.safetensors", "checkpoint.json"}
+    for f in files:
+        assert os.stat(f).st_mode & 0o777 == plain_mode(), f.name

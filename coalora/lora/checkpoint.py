@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from coalora.errors import CheckpointError, ConfigError, ModelMismatchError, OutputExistsError
-from coalora.io import atomic_folder
+from coalora.io import atomic_folder, plain_mode
 from coalora.lora.model import CoaLoraModel
 from coalora.lora.spec import LoraSpec
 from coalora.quant.setting import FIELD_VALUES
@@ -93,6 +93,7 @@ def save_checkpoint(model: CoaLoraModel, path: str | Path, metadata: dict[str, A
     tensors = {n: t.to("cpu").contiguous() for n, t in model.trainable_state_dict().items()}
     with atomic_folder(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "pt"})
+        (tmp / TENSOR_FILE).chmod(plain_mode())  # safetensors writes owner-only files
         meta = {
             "format": CHECKPOINT_FORMAT,
             "base_model": {

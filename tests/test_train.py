@@ -67,6 +67,30 @@ def test_each_method_trains_and_loss_falls(tiny_base, tmp_path, method, extra):
     assert run["args"]["method"] == method and run["summary"]["params_in_sync"] is True
 
 
+
+def test_search_at_epoch_end_replaces_the_training_set_within_the_bit_range(tiny_base, tmp_path):
+    """The epoch-end Pareto search runs (a logged event), its selection becomes the training
+    set of the next epoch, and every selected configuration lies inside --bit-range."""
+    lo, hi = 3.0, 6.0
+    args = small_args(tiny_base, tmp_path / "s", method="coalora", steps=4, epoch_steps=2, search=True,
+                      search_iterations=1, search_batch=2, bit_range=(lo, hi), n_configs=3)
+    train(args, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    [event] = [r for r in log if r.get("event") == "search"]
+    assert event["step"] == 2 and event["pool"] >= 3 and event["selected"] >= 2
+    assert all(lo - 1e-6 <= b <= hi + 1e-6 for b in event["selected_bits"])
+    meta = json.loads((tmp_path / "s" / "checkpoint" / "checkpoint.json").read_text())
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+
+    base, _ = load_model(tiny_base, quiet=True)
+    space = ConfigSpace.from_model(base, tiny_base)
+    final = sorted(round(space.from_dict(c).avg_bits, 3) for c in meta["training"]["train_set"])
+    assert final == sorted(event["selected_bits"])
+    # Steps after the search draw only from the new set.
+    later = [b for r in log if r.get("step", 0) > 2 and "avg_bits" in r for b in r["avg_bits"]]
+    assert later and all(round(b, 3) in final for b in later)
+
 def test_resume_continues_exactly(tiny_base, tmp_path):
     full = small_args(tiny_base, tmp_path / "full")
     train(full, progress=False)

@@ -247,9 +247,9 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
         if on_step is not None:
             on_step(step, mean_loss)
         if step % args.epoch_steps == 0 or step == args.steps:
-            history.append(_epoch_end(args, inner, train_set, dev_batch, step, main, log_path, space))
+            history.append(_epoch_end(inner, train_set, dev_batch, step, main, log_path))
             if args.method == "coalora" and args.search and step < args.steps:
-                train_set = _search(args, inner, train_set, dev_batch, step, main, log_path, space, out)
+                train_set = _search(args, inner, train_set, dev_batch, step, main, log_path, space)
             inner.train()
         if (args.save_every and step % args.save_every == 0) or (stop_after is not None and done_here >= stop_after):
             checkpoint_now()
@@ -273,7 +273,7 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
     return summary
 
 
-def _epoch_end(args, inner, train_set, dev_batch, step, main, log_path, space) -> dict[str, Any]:
+def _epoch_end(inner, train_set, dev_batch, step, main, log_path) -> dict[str, Any]:
     """Dev loss at the cheapest, middle and richest configurations of the training set."""
     inner.eval()
     ordered = sorted(train_set, key=lambda c: c.avg_bits)
@@ -285,7 +285,7 @@ def _epoch_end(args, inner, train_set, dev_batch, step, main, log_path, space) -
     return rec
 
 
-def _search(args, inner, train_set, dev_batch, step, main, log_path, space, out) -> list:
+def _search(args, inner, train_set, dev_batch, step, main, log_path, space) -> list:
     """Replace the training set by the segmented Pareto set of a short GP search (method.md 5)."""
     from accelerate.utils import broadcast_object_list
 
@@ -297,7 +297,10 @@ def _search(args, inner, train_set, dev_batch, step, main, log_path, space, out)
     if main:  # one process searches; the others receive its choice (identical training sets)
         result = search(lambda cs: dev_losses(inner, cs, dev_batch), space, initial=train_set,
                         iterations=args.search_iterations, batch_size=args.search_batch, seed=args.seed + step)
-        selected = result.selected
+        # Only configurations inside --bit-range: below it SmolLM2 is destroyed (losses of 10-20
+        # nats that swamp the summed gradients; the comparison's search run picked a 2.37-bit one).
+        lo, hi = args.bit_range
+        selected = [c for c in result.selected if lo - 1e-6 <= c.avg_bits <= hi + 1e-6]
         if len(selected) > args.max_configs:  # keep the spread: evenly spaced by avg_bits
             selected = sorted(selected, key=lambda c: c.avg_bits)
             keep = torch.linspace(0, len(selected) - 1, args.max_configs).round().long().unique().tolist()

@@ -285,6 +285,14 @@ def _epoch_end(inner, train_set, dev_batch, step, main, log_path) -> dict[str, A
     return rec
 
 
+def within_bit_range(configs: list, bit_range: tuple[float, float], tol: float = 1e-3) -> list:
+    """The configurations whose avg_bits lie in [lo, hi], up to `tol` bit: the allocator's
+    configuration for a budget lies just under it (2.4999990 bits for 2.5), and the range's
+    own end points must stay in."""
+    lo, hi = bit_range
+    return [c for c in configs if lo - tol <= c.avg_bits <= hi + tol]
+
+
 def _search(args, inner, train_set, dev_batch, step, main, log_path, space) -> list:
     """Replace the training set by the segmented Pareto set of a short GP search (method.md 5)."""
     from accelerate.utils import broadcast_object_list
@@ -299,8 +307,7 @@ def _search(args, inner, train_set, dev_batch, step, main, log_path, space) -> l
                         iterations=args.search_iterations, batch_size=args.search_batch, seed=args.seed + step)
         # Only configurations inside --bit-range: below it SmolLM2 is destroyed (losses of 10-20
         # nats that swamp the summed gradients; the comparison's search run picked a 2.37-bit one).
-        lo, hi = args.bit_range
-        selected = [c for c in result.selected if lo - 1e-6 <= c.avg_bits <= hi + 1e-6]
+        selected = within_bit_range(result.selected, args.bit_range)
         if len(selected) > args.max_configs:  # keep the spread: evenly spaced by avg_bits
             selected = sorted(selected, key=lambda c: c.avg_bits)
             keep = torch.linspace(0, len(selected) - 1, args.max_configs).round().long().unique().tolist()

@@ -36,7 +36,8 @@ def register(sub) -> None:
                    help="for --method shared: comma-separated bit budgets of its fixed configurations")
     p.add_argument("--n-configs", type=int, default=d.n_configs, help="CoA-LoRA's initial training set size")
     p.add_argument("--bit-range", default=",".join(map(str, d.bit_range)),
-                   help="lo,hi: budgets of CoA-LoRA's initial training set are spread evenly over this range")
+                   help="lo,hi: budgets of CoA-LoRA's initial training set are spread evenly over this "
+                        "range, and the epoch-end search keeps its new training set inside it")
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
     p.add_argument("--epoch-steps", type=int, default=d.epoch_steps, help="steps per epoch (search + dev eval after each)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="examples per step and process")

@@ -52,16 +52,16 @@ def budgets_of(text: str) -> list[float]:
     return out
 
 
-def fixed_configs(space, model, budgets: list[float], folder: Path) -> list:
-    """The ILP's configuration per budget (cost table computed or read from the cache)."""
+def fixed_configs(space, model, budgets: list[float], folder: Path) -> tuple[list, list[Path]]:
+    """The ILP's configuration per budget (cost table computed or read from the cache), saved
+    under `folder` -> (configurations, their files)."""
     from coalora.search.allocate import allocate_ilp
     from coalora.search.costs import get_costs
 
     table = get_costs(space, model)
     folder.mkdir(parents=True, exist_ok=True)
-    configs = []
-    for b in budgets:
-        path = folder / f"ilp-{b:g}.json"
+    configs, paths = [], [folder / f"ilp-{b:g}.json" for b in budgets]
+    for b, path in zip(budgets, paths):
         if path.exists():
             configs.append(space.load(str(path)))
             continue
@@ -69,7 +69,7 @@ def fixed_configs(space, model, budgets: list[float], folder: Path) -> list:
         alloc.config.save(path)
         configs.append(alloc.config)
         print(f"ILP {b:g} bits -> {alloc.avg_bits:.4f} bits ({alloc.status}, {alloc.seconds:.1f} s)", file=sys.stderr)
-    return configs
+    return configs, paths
 
 
 def train_runs(args, config_paths: list[Path]) -> dict[str, list[Path]]:
@@ -160,8 +160,7 @@ def main() -> int:
     t_all = time.time()
     model, tok = load_model(args.model, dtype=torch.float32)
     space = ConfigSpace.from_model(model, args.model)
-    configs = fixed_configs(space, model, args.bits, args.out / "configs")
-    paths = [args.out / "configs" / f"ilp-{b:g}.json" for b in args.bits]
+    configs, paths = fixed_configs(space, model, args.bits, args.out / "configs")
     runs = train_runs(args, paths)
 
     split = load_split("sst2", "test", args.seed)

@@ -19,13 +19,19 @@ def plain_mode() -> int:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and os.replace."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder and os.replace
+    (the file gets plain permissions, not mkstemp's owner-only ones)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, plain_mode())  # mkstemp makes the file owner-only
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -78,6 +78,25 @@ class ResultRecord:
         return json.dumps(_finite(self.to_dict()), separators=(",", ":"), allow_nan=False)
 
     @classmethod
+    def from_estimate(cls, est: Any, *, config: Any, model: str, split: Any, method: str = "base",
+                      checkpoint: str | None = None, config_path: str | None = None, seed: int | None = None,
+                      seconds: float | None = None, extra: dict[str, Any] | None = None) -> "ResultRecord":
+        """The record of one measurement: an eval Estimate (coalora.eval.harness) of `model`
+        under `config` (a Configuration, or None for the weights as loaded) on `split` (a
+        coalora.data.Split). The one place a measured point becomes a record."""
+        return cls(
+            task=split.task, metric=est.metric, value=est.value, stderr=est.stderr, n=est.n, model=model,
+            method=method, checkpoint=checkpoint,
+            config_hash=None if config is None else config.hash, config_path=config_path,
+            config=None if config is None else config.to_dict(),
+            avg_bits=None if config is None else config.avg_bits,
+            packed_bytes=None if config is None else config.packed_bytes,
+            seed=split.seed if seed is None else seed, split=split.manifest, split_hash=split.manifest_hash,
+            seconds=est.seconds if seconds is None else seconds, dtype=est.dtype,
+            extra={**est.extra, **(extra or {})},
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ResultRecord":
         """Build from a dict; unknown keys go into `extra` (newer writers stay readable)."""
         known = {f.name for f in fields(cls)}

@@ -103,6 +103,20 @@ class ConfigSpace:
         text = "\n".join(f"{m.name}:{'x'.join(map(str, m.shape))}" for m in self.matrices)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def check_fingerprint(self, fingerprint: str | None, what: str, model: str | None = None) -> None:
+        """Refuse an artefact (`what`, e.g. "configuration 'c.json'") made for another model:
+        ModelMismatchError naming both models and fingerprints. None passes (not recorded)."""
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            made_for = f"model {model!r} " if model else "another model "
+            raise ModelMismatchError(
+                f"{what} was made for {made_for}(fingerprint {fingerprint}), not for {self.model_name!r} "
+                f"(fingerprint {self.fingerprint}): their projection names or shapes differ"
+            )
+
+    def check_same(self, config: "Configuration") -> None:
+        """Refuse a configuration of another space (ModelMismatchError)."""
+        self.check_fingerprint(config.space.fingerprint, "the configuration", config.space.model_name)
+
     def index(self, name: str) -> int:
         if name not in self._index:
             examples = ", ".join(m.name for m in self.matrices[:3])
@@ -152,12 +166,7 @@ class ConfigSpace:
             raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys are {', '.join(sorted(allowed))}")
         if data.get("format") != CONFIG_FORMAT:
             raise ConfigError(f"field 'format' has value {data.get('format')!r}; expected {CONFIG_FORMAT!r}")
-        fp = data.get("fingerprint")
-        if fp is not None and fp != self.fingerprint:
-            raise ModelMismatchError(
-                f"this configuration was made for model {data.get('model')!r} (fingerprint {fp}), "
-                f"not for {self.model_name!r} (fingerprint {self.fingerprint}): its matrix names or shapes differ"
-            )
+        self.check_fingerprint(data.get("fingerprint"), "this configuration", data.get("model"))
         family = data.get("family", "nf")
         if family not in FAMILIES:
             raise ConfigError(f"field 'family' has value {family!r}; allowed values are {', '.join(FAMILIES)}")

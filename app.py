@@ -13,10 +13,36 @@ without adapter at nf2/3/4/8, quick eval) and writes them to assets/front/baseli
 import argparse
 import os
 import sys
+from typing import Mapping
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def load_engine(env: Mapping[str, str]):
+    """The app's engine from the environment (the only place it is read). A missing DEFAULT
+    checkpoint is not fatal: the app then evaluates the quantized base and says so; any other
+    checkpoint must exist."""
+    from pathlib import Path
+
+    from coalora.errors import CheckpointError
+    from coalora.lora import read_metadata
+    from ui.engine import DEFAULT_FRONT, Engine
+
+    checkpoint = env.get("COALORA_CHECKPOINT", "default")
+    notices = []
+    try:
+        read_metadata(checkpoint)
+    except CheckpointError as e:
+        if checkpoint != "default":
+            raise
+        notices.append(f"No trained adapter is loaded ({e}): the app evaluates the quantized base model only, "
+                       "without any adapter.")
+        checkpoint = None
+    front = Path(env["COALORA_FRONT"]) if env.get("COALORA_FRONT") else DEFAULT_FRONT
+    pools = [Path(env["COALORA_POOL"])] if env.get("COALORA_POOL") else None  # None: the checkpoint's, then the shipped one
+    return Engine.load(checkpoint, front_path=front, pool_paths=pools, notices=tuple(notices))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,12 +52,15 @@ def main(argv: list[str] | None = None) -> None:
                          "as result records to PATH (default assets/front/baselines.json) and exit")
     args = ap.parse_args(argv)
 
-    from ui.engine import Engine
     from ui.layout import build_app
 
-    engine = Engine.load()
+    engine = load_engine(os.environ)
     if args.write_baselines is not None:
-        path, recs = engine.write_baselines(args.write_baselines or None)
+        from coalora.results import write_records
+        from ui.engine import DEFAULT_BASELINES
+
+        recs = engine.measure_baselines()
+        path = write_records(args.write_baselines or engine.baselines_path or DEFAULT_BASELINES, recs)
         for r in recs:
             print(f"{r.config_path}: {r.avg_bits:.3f} bits, {r.metric} {r.value:.4f} ± {r.stderr:.4f} "
                   f"(n={r.n}, {r.dtype}, {r.seconds:.1f} s)", file=sys.stderr)

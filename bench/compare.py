@@ -151,7 +151,7 @@ def main() -> int:
     from coalora.eval.harness import iter_eval
     from coalora.lora import load_checkpoint
     from coalora.models import load_model
-    from coalora.quant.model import WeightSwitcher
+    from coalora.lora.switcher import WeightSwitcher
     from coalora.results import ResultRecord, append_record, read_records
     from coalora.search.pareto import hypervolume
     from coalora.space import ConfigSpace

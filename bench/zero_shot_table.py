@@ -40,7 +40,7 @@ def main() -> None:
     from coalora.eval import iter_eval
     from coalora.eval.scoring import resolve_dtype
     from coalora.models import load_model
-    from coalora.quant.model import WeightSwitcher
+    from coalora.lora.switcher import WeightSwitcher
     from coalora.results import ResultRecord, append_record, read_records
     from coalora.space import ConfigSpace
 

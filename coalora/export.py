@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from coalora.errors import OutputExistsError
-from coalora.io import atomic_folder
+from coalora.io import atomic_folder, plain_mode
 from coalora.lora.model import CoaLoraModel
 from coalora.space import Configuration
 
@@ -80,7 +80,7 @@ model **quantized by coalora under `{CONFIGURATION_FILE}`**: load it like this.
 ```python
 from peft import PeftModel
 from coalora.models import load_model
-from coalora.quant.model import WeightSwitcher
+from coalora.lora.switcher import WeightSwitcher
 from coalora.space import ConfigSpace
 
 base, tokenizer = load_model("{name}")
@@ -110,10 +110,29 @@ def export_peft(model: CoaLoraModel, config: Configuration, out_dir: str | Path,
     tensors = peft_state_dict(model, config)
     with atomic_folder(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_WEIGHTS).chmod(plain_mode())  # safetensors writes owner-only files
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(peft_config_dict(model), indent=2, sort_keys=True) + "\n")
         config.save(tmp / CONFIGURATION_FILE)
         (tmp / "README.md").write_text(_readme(model, config))
     return out
+
+
+def export_zip(model: CoaLoraModel, config: Configuration, folder: str | Path, model_name: str) -> Path:
+    """`config`'s peft adapter folder plus its configuration JSON as one zip inside `folder`
+    (a fresh folder the caller owns and later deletes) -> the zip's path. The zip's name
+    says the model and the configuration hash."""
+    import re
+    import zipfile
+
+    folder = Path(folder)
+    name = f"coalora-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(model_name).name)}-{config.hash}"
+    export_peft(model, config, folder / name)
+    zpath = folder / f"{name}.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted((folder / name).rglob("*")):
+            z.write(f, f"{name}/{f.relative_to(folder / name)}")
+        z.writestr(f"{name}.configuration.json", config.to_json())
+    return zpath
 
 
 def load_peft_export(out_dir: str | Path, base_model: torch.nn.Module | None = None,
@@ -125,7 +144,7 @@ def load_peft_export(out_dir: str | Path, base_model: torch.nn.Module | None = N
     """
     from peft import PeftModel
 
-    from coalora.quant.model import WeightSwitcher
+    from coalora.lora.switcher import WeightSwitcher
     from coalora.space import ConfigSpace
 
     out = Path(out_dir)

@@ -158,3 +158,22 @@ def iter_records(path: str | Path) -> Iterable[ResultRecord]:
 def read_records(path: str | Path) -> list[ResultRecord]:
     """All readable records of `path` ([] if the file does not exist)."""
     return list(iter_records(path))
+
+
+def write_records(path: str | Path, records: Iterable[ResultRecord]) -> Path:
+    """Replace `path` with these records, one JSON line each (temporary name, then rename)."""
+    from coalora.io import atomic_write_text
+
+    return atomic_write_text(Path(path), "".join(r.to_json() + "\n" for r in records))
+
+
+def latest_per_config(path: str | Path, *, task: str, model: str, method: str, split_hash: str) -> list[ResultRecord]:
+    """The last record of each configuration in `path` that was measured for `model` /
+    `method` on `task` on exactly the rows `split_hash`, sorted by avg_bits ([] without a
+    file). How the app reads its precomputed baselines: never a point measured on other rows."""
+    latest: dict[str, ResultRecord] = {}
+    for r in iter_records(path):
+        if (r.task == task and r.model == model and r.method == method and r.split_hash == split_hash
+                and r.avg_bits is not None and r.config_hash):
+            latest[r.config_hash] = r
+    return sorted(latest.values(), key=lambda r: r.avg_bits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -180,25 +181,26 @@ class ConfigSpace:
         return Configuration(self, tuple(settings), family)
 
     def load(self, spec: str | Path) -> "Configuration":
-        """A preset name or the path of a configuration JSON file."""
+        """A preset name or the path of a configuration JSON file (read strictly: a regular
+        UTF-8 file of standard JSON without duplicate keys, see coalora.jsonfile)."""
+        from coalora import jsonfile
+
         spec_s = str(spec)
         if spec_s in PRESETS:
             return self.preset(spec_s)
+        if not spec_s.strip():
+            raise ConfigError(f"the configuration is empty; give a preset ({', '.join(PRESETS)}) or a JSON file")
         path = Path(spec_s)
-        if not path.suffix and not path.exists():
+        if not path.suffix and not os.path.lexists(spec_s):
             raise ConfigError(f"unknown preset {spec_s!r}; known presets are {', '.join(PRESETS)} (or give a JSON file)")
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read configuration file {spec_s!r}: {e.strerror or e}") from None
-        return self.loads(text, source=spec_s)
+        source = f"configuration file {spec_s!r}"
+        return self.from_dict(jsonfile.load(spec_s, source=source))
 
-    def loads(self, text: str, source: str = "configuration") -> "Configuration":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        return self.from_dict(data)
+    def loads(self, text: str | bytes, source: str = "configuration") -> "Configuration":
+        """A configuration from JSON text or bytes (strict, see load); `source` names it in errors."""
+        from coalora import jsonfile
+
+        return self.from_dict(jsonfile.loads(text, source=source))
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,31 @@ class Configuration:
         return atomic_write_text(Path(path), self.to_json())
 
     # ---- summaries ----------------------------------------------------------------------
+    def block_bits(self) -> list[int]:
+        """(n_blocks,) the weight bits of each block: the bits most of its parameters use
+        (4 for a block without matrices). What the app's per-block sliders show."""
+        out = []
+        for b in range(self.space.n_blocks):
+            share: dict[int, int] = {}
+            for m, s in self.items():
+                if m.block == b:
+                    share[s.bits] = share.get(s.bits, 0) + m.numel
+            out.append(max(share, key=share.get) if share else 4)
+        return out
+
+    def describe(self) -> str:
+        """One line for hovers and tables: attention / MLP average bits and the per-block
+        weight bits ('*' for a block whose projections mix bit-widths)."""
+        pm = self.summary()["per_module_type"]
+        attn = [v for k, v in pm.items() if k in ATTENTION_TYPES]
+        mlp = [v for k, v in pm.items() if k not in ATTENTION_TYPES]
+        per_block: dict[int, set[int]] = {b: set() for b in range(self.space.n_blocks)}
+        for m, s in self.items():
+            per_block[m.block].add(s.bits)
+        blocks = "".join(str(next(iter(v))) if len(v) == 1 else "*" for v in per_block.values())
+        return (f"attn {sum(attn) / max(1, len(attn)):.2f} b, mlp {sum(mlp) / max(1, len(mlp)):.2f} b; "
+                f"weight bits per block: {blocks}")
+
     def summary(self) -> dict[str, Any]:
         """Machine-readable summary: totals, per block and per module type."""
 

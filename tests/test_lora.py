@@ -7,7 +7,7 @@ import torch
 
 from coalora.errors import ConfigError, ModelMismatchError
 from coalora.lora import CoaLoraLinear, CoaLoraModel, LoraSpec
-from coalora.quant.model import WeightSwitcher
+from coalora.lora.switcher import WeightSwitcher
 from coalora.space import ConfigSpace
 from conftest import make_tiny_llama
 

@@ -7,7 +7,7 @@ import torch
 
 from coalora.errors import ConfigError, ModelMismatchError
 from coalora.quant import QuantSetting, fake_quantize
-from coalora.quant.model import WeightSwitcher
+from coalora.lora.switcher import WeightSwitcher
 from coalora.space import CONFIG_FORMAT, MODULE_TYPES, PRESETS, ConfigSpace
 from conftest import make_tiny_llama
 

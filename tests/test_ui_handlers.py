@@ -62,7 +62,7 @@ def test_allocation_meets_the_budget_and_bad_budgets_are_clear(engine):
         h.apply_allocation(engine, st, 1.0, "fast")
     with pytest.raises(gr.Error, match="above the most precise"):
         h.apply_allocation(engine, st, 12.0, "ilp")
-    with pytest.raises(gr.Error, match="not a number"):
+    with pytest.raises(gr.Error, match="not a usable number"):
         h.api_allocate(engine, "lots", "fast")
     with pytest.raises(gr.Error, match="method 'x' is unknown"):
         h.api_allocate(engine, 4.0, "x")
@@ -107,24 +107,36 @@ def test_evaluation_streams_tightening_estimates_and_records_the_point(engine):
     assert open(csv_path).read().splitlines()[0].startswith("avg_bits,size_MB,accuracy")
 
 
-def test_adapter_matters_and_baselines_are_the_base_without_adapter(engine):
-    cfg = engine.preset("nf4")
-    with_adapter = engine.evaluate_final(cfg)
-    without = engine.evaluate_final(cfg, adapter=False)
-    assert with_adapter.method == "coalora" and without.method == "base"
-    assert with_adapter.extra["done"] and without.extra["done"]
-    again = engine.evaluate_final(cfg)  # switching back restores the adapter exactly
-    assert again.value == with_adapter.value
+def test_adapter_matters_and_baselines_are_the_base_without_adapter(engine, lm_engine):
+    """Adapter on and off give different scores (bits per byte is continuous, so a real
+    difference cannot hide in a tie); adapter off is exactly the base model loaded on its own
+    (no checkpoint: a zero adapter); switching back restores the adapter exactly."""
+    from coalora.lora import load_for_eval
+    from ui.engine import Engine
 
+    cfg = engine.preset("nf4")
+    assert engine.evaluate_final(cfg).method == "coalora" and engine.evaluate_final(cfg, adapter=False).method == "base"
+    on = lm_engine.evaluate_final(cfg)
+    off = lm_engine.evaluate_final(cfg, adapter=False)
+    assert on.extra["done"] and off.extra["done"] and on.metric == "bits_per_byte"
+    assert abs(on.value - off.value) > 1e-4, (on.value, off.value)
+    base = Engine(load_for_eval(None, lm_engine.model_name), lm_engine.model_name, task="lambada",
+                  n_rows=len(lm_engine.split), dtype="fp32", baselines_path=None, workdir=lm_engine.workdir)
+    alone = base.evaluate_final(cfg)
+    assert alone.method == "base" and not base.model.has_adapter
+    assert alone.value == off.value and alone.stderr == off.stderr
+    assert lm_engine.evaluate_final(cfg).value == on.value  # switching back restores the adapter exactly
 
 
 def test_baselines_file_written_then_read_without_computing(engine, tmp_path):
-    """`python app.py --write-baselines` = Engine.write_baselines: full result records of the base
-    without adapter at the uniform presets; an engine given that file shows them, measuring nothing."""
-    from coalora.results import ResultRecord
+    """`python app.py --write-baselines` = measure_baselines + write_records: full result records
+    of the base without adapter at the uniform presets; an engine given that file shows them,
+    measuring nothing."""
+    from coalora.results import ResultRecord, write_records
     from ui.engine import BASELINE_PRESETS
 
-    path, recs = engine.write_baselines(tmp_path / "baselines.json")
+    recs = engine.measure_baselines()
+    path = write_records(tmp_path / "baselines.json", recs)
     assert [r.config_path for r in recs] == list(BASELINE_PRESETS)
     for r, p in zip(recs, BASELINE_PRESETS):
         cfg = engine.preset(p)
@@ -159,7 +171,7 @@ def test_api_functions(engine):
     recs = [json.loads(r) for r in h.api_evaluate(engine, engine.preset("nf2").to_json())]
     assert recs[-1]["extra"]["done"] and recs[-1]["avg_bits"] == pytest.approx(engine.preset("nf2").avg_bits)
     assert [r["n"] for r in recs] == sorted(r["n"] for r in recs)
-    cfg = engine.parse_config(h.api_allocate(engine, 3.0, "fast"))
+    cfg = h.parse_config(engine, h.api_allocate(engine, 3.0, "fast"))
     assert cfg.avg_bits <= 3.0
     with pytest.raises(gr.Error, match="empty"):
         list(h.api_evaluate(engine, ""))

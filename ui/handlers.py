@@ -21,8 +21,12 @@ import gradio as gr
 from coalora.errors import CoaloraError
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
 from coalora.space import ATTENTION_TYPES, MLP_TYPES, Configuration
-from ui.engine import MAX_CONFIG_BYTES, Engine, block_bits, record_json
-from ui.plots import MB, points_table, result_figure
+import tempfile
+from pathlib import Path
+
+from coalora.errors import ConfigError
+from ui.engine import Engine
+from ui.plots import MB, front_line, points_table, result_figure
 from ui.state import SessionState
 
 BITS = FIELD_VALUES["bits"]
@@ -30,8 +34,42 @@ ADVANCED_FIELDS = ("scale_bits", "scale_format", "block_size", "scale_block_size
 DEFAULT_PRESET = "nf4"
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a configuration JSON of SmolLM2 is ~60 kB at most; refuse huge uploads
+
+
 def _err(e: Exception) -> gr.Error:
     return gr.Error(str(e), print_exception=False)
+
+
+def parse_config(engine: Engine, data: str | bytes, source: str = "configuration") -> Configuration:
+    """Configuration JSON (text or bytes) -> Configuration (ConfigError / ModelMismatchError
+    naming the problem)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="surrogatepass")
+    if not isinstance(data, bytes):
+        raise ConfigError(f"{source} must be JSON text, got {type(data).__name__}")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(data):,} bytes; a configuration file is at most {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} is not UTF-8 text (is it a JSON file?)") from None
+    if not text.strip():
+        raise ConfigError(f"{source} is empty; give a configuration JSON object (format coalora.configuration/v1)")
+    return engine.space.loads(text, source=source)
+
+
+def write_config(engine: Engine, config: Configuration) -> Path:
+    """The configuration JSON as a file for download (in the engine's workdir) -> path."""
+    path = engine.workdir / f"configuration-{config.hash}.json"
+    return path if path.exists() else config.save(path)
+
+
+def write_text(engine: Engine, name: str, text: str) -> Path:
+    """A text download (in a fresh folder of the engine's workdir) -> path."""
+    path = Path(tempfile.mkdtemp(dir=engine.workdir)) / name
+    path.write_text(text)
+    return path
 
 
 def snap_bits(value: float) -> int:
@@ -80,12 +118,12 @@ def control_values(config: Configuration) -> list[Any]:
     """Values for [*block sliders, attention bits, MLP bits, *advanced fields]."""
     attn = Counter(s.bits for m, s in config.items() if m.module_type in ATTENTION_TYPES).most_common(1)[0][0]
     mlp = Counter(s.bits for m, s in config.items() if m.module_type in MLP_TYPES).most_common(1)[0][0]
-    return [*block_bits(config), attn, mlp, *[majority(config, f) for f in ADVANCED_FIELDS]]
+    return [*config.block_bits(), attn, mlp, *[majority(config, f) for f in ADVANCED_FIELDS]]
 
 
 def config_outputs(engine: Engine, state: SessionState, config: Configuration) -> list[Any]:
     """[state, size line, download path, *control values] after a configuration change."""
-    return [_set(state, config), size_line(config), str(engine.write_config(config)), *control_values(config)]
+    return [_set(state, config), size_line(config), str(write_config(engine, config)), *control_values(config)]
 
 
 # ---- edits ---------------------------------------------------------------------------------
@@ -93,7 +131,7 @@ def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[A
     """Block sliders -> configuration: blocks whose slider differs from their current bits get
     the (snapped) slider bits in all 7 projections; other blocks keep their settings."""
     config = current_config(engine, state)
-    now = block_bits(config)
+    now = config.block_bits()
     if len(values) != len(now):
         raise gr.Error(f"expected {len(now)} block sliders, got {len(values)}")
     changes: dict[str, int] = {}
@@ -151,17 +189,30 @@ def apply_upload(engine: Engine, state: SessionState, path: str | None) -> list[
     with open(path, "rb") as f:
         data = f.read()
     try:
-        config = engine.parse_config(data, source=f"uploaded file {os.path.basename(path)!r}")
+        config = parse_config(engine, data, source=f"uploaded file {os.path.basename(path)!r}")
     except CoaloraError as e:
         raise _err(e) from None
     return config_outputs(engine, state, config)
 
 
 # ---- evaluation ----------------------------------------------------------------------------
+_FRONT_LINES: dict[int, tuple[Any, Any]] = {}  # id(front) -> (front, FrontLine): converted once
+
+
+def _front_line(engine: Engine) -> Any:
+    front = engine.predictor.front if engine.predictor is not None else None
+    if front is None:
+        return None
+    cached = _FRONT_LINES.get(id(front))
+    if cached is None or cached[0] is not front:  # holding the front keeps its id from being reused
+        cached = _FRONT_LINES[id(front)] = (front, front_line(front))
+    return cached[1]
+
+
 def figure(engine: Engine, state: SessionState) -> Any:
     info = engine.info()
     metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
-    return result_figure(state.points, state.current, engine.front_line,
+    return result_figure(state.points, state.current, _front_line(engine),
                          [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task)
 
 
@@ -216,7 +267,7 @@ def table_csv(engine: Engine, state: SessionState) -> str:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else TABLE_HEADERS)
     w.writeheader()
     w.writerows(rows)
-    return str(engine.write_text("coalora-session-points.csv", buf.getvalue()))
+    return str(write_text(engine, "coalora-session-points.csv", buf.getvalue()))
 
 
 def export(engine: Engine, state: SessionState) -> str:
@@ -235,11 +286,11 @@ def compute_baselines(engine: Engine, state: SessionState) -> list[Any]:
 def api_evaluate(engine: Engine, configuration: str) -> Iterator[str]:
     """Configuration JSON text -> the result record JSON, streamed (the last one is final)."""
     try:
-        config = engine.parse_config(configuration)
+        config = parse_config(engine, configuration)
     except CoaloraError as e:
         raise _err(e) from None
     for rec in engine.evaluate(config):
-        yield record_json(rec)
+        yield rec.to_json()
 
 
 def api_allocate(engine: Engine, budget: float, method: str = "fast") -> str:

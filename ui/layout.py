@@ -79,7 +79,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                               for i, f in enumerate(h.ADVANCED_FIELDS)]
                 with gr.Row():
                     upload = gr.UploadButton("Upload configuration JSON", file_types=[".json"], size="sm")
-                    download = gr.DownloadButton("Download configuration JSON", value=str(engine.write_config(nf4)), size="sm")
+                    download = gr.DownloadButton("Download configuration JSON", value=str(h.write_config(engine, nf4)), size="sm")
                 evaluate_btn = gr.Button("Evaluate current configuration", variant="primary")
             with gr.Column(scale=3):
                 status = gr.Markdown("No evaluation yet: move a slider, pick a preset or a budget.", elem_id="status")

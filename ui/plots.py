@@ -6,9 +6,50 @@ summary and `extra.predicted` the GP's (mean, std) when known.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+from coalora.metrics import from_error, higher_is_better
+
 MB = 1e6  # sizes are shown in decimal megabytes of packed quantized matrices
+
+
+@dataclass(frozen=True)
+class FrontLine:
+    """The predicted front as plain numbers for plotting. `on_metric_axis`: y values are in the
+    task metric (converted from the front's f1 = 1 - accuracy); otherwise they are the front's
+    raw f1, drawn on a second axis."""
+
+    avg_bits: tuple[float, ...]
+    packed_bytes: tuple[int, ...]
+    y: tuple[float, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    summaries: tuple[str, ...]
+    on_metric_axis: bool
+    label: str
+
+
+def front_line(front: Any) -> FrontLine:
+    """A coalora.search.front.PredictedFront -> FrontLine, in the task metric when the front's
+    meta['metric'] is accuracy-like, else in raw f1 on its own axis. The label names the rows
+    the front was fitted on."""
+    metric = str(front.meta.get("metric", ""))
+    on_axis = higher_is_better(metric)
+    pts = sorted(front.points, key=lambda p: p.avg_bits)
+    conv = (lambda v: from_error(metric, v)) if on_axis else (lambda v: v)  # noqa: E731
+    n_rows = front.meta.get("dev_rows")
+    rows = f", {n_rows} {front.meta.get('part', 'dev')} rows" if n_rows else ""
+    return FrontLine(
+        avg_bits=tuple(p.avg_bits for p in pts),
+        packed_bytes=tuple(p.config.packed_bytes for p in pts),
+        y=tuple(conv(p.mean) for p in pts),
+        lower=tuple(conv(p.mean - 2 * p.std) for p in pts),
+        upper=tuple(conv(p.mean + 2 * p.std) for p in pts),
+        summaries=tuple(p.config.describe() for p in pts),
+        on_metric_axis=on_axis,
+        label=("GP-predicted front (mean ± 2σ" if on_axis else "GP-predicted f1 (mean ± 2σ, right axis") + rows + ")",
+    )
 
 
 def _fmt_pred(pred: Sequence[float] | None) -> str:
@@ -30,7 +71,7 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
     """Score vs average bits: the front line with its band, the baselines, this session's
     points, and the current point with its error bar and the GP's prediction.
 
-    front: a ui.engine.FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ.
+    front: a FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ.
     """
     import plotly.graph_objects as go
 

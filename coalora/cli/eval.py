@@ -10,13 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from coalora.cli.common import add_model_arg, config_help
-from coalora.errors import CoaloraError, DataError, ModelLoadError, ModelMismatchError
-
-# Where `--checkpoint default` points (coalora.lora.DEFAULT_CHECKPOINT says the same).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "checkpoints" / "default"
+from coalora.cli.common import add_model_arg, check_writable_file, config_help
+from coalora.errors import CoaloraError, DataError
 
 
 def register(sub) -> None:
@@ -34,7 +30,7 @@ def register(sub) -> None:
     )
     add_model_arg(p)
     p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or 'default' "
-                   f"({DEFAULT_CHECKPOINT}); without it the quantized base is evaluated with no adapter")
+                   "(the shipped assets/checkpoints/default); without it the quantized base is evaluated with no adapter")
     p.add_argument("--config", default="none", help=config_help() + "; or 'none' for the weights as loaded (default)")
     p.add_argument("--task", default="sst2", help=f"one of {', '.join(TASKS)} (default: sst2)")
     p.add_argument("--part", default="test", choices=[*PARTS, ALL_PART],
@@ -66,48 +62,30 @@ def _select_split(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    """-> (model, tokenizer, space, method, checkpoint path or None)."""
+    """-> coalora.lora.LoadedModel: the checkpoint on its base, or the base with a zero adapter."""
     import torch
 
-    from coalora.models import load_model
-    from coalora.space import ConfigSpace
+    from coalora.lora import load_for_eval
 
-    if args.checkpoint is None:
-        model, tok = load_model(args.model, dtype=torch.float32, quiet=args.json)
-        return model, tok, ConfigSpace.from_model(model, args.model), "base", None
-    try:
-        from coalora.lora import load_checkpoint
-    except ImportError as e:
-        raise ModelLoadError(f"--checkpoint needs coalora.lora, which cannot be imported here ({e})") from None
-    if args.config == "none":
+    if args.checkpoint is not None and args.config == "none":
         raise CoaloraError("--config none cannot be used with --checkpoint: an adapter is evaluated under a "
                            "quantization configuration (give a preset such as nf4 or a configuration file)")
-    path = args.checkpoint if args.checkpoint == "default" else Path(args.checkpoint)
-    if args.checkpoint == "default" and not DEFAULT_CHECKPOINT.is_dir():
-        raise ModelLoadError(f"the default checkpoint {DEFAULT_CHECKPOINT} does not exist (not trained yet)")
-    model, tok, meta = load_checkpoint(path, dtype=torch.float32, quiet=args.json)
-    meta = meta or {}
-    base = (meta.get("base_model") or {}).get("name")
-    if base is not None and base != args.model:
-        raise ModelMismatchError(f"checkpoint {str(path)!r} was trained on model {base!r}, not --model {args.model!r}")
-    method = (meta.get("training") or {}).get("method", "coalora")
-    return model, tok, model.space, method, str(DEFAULT_CHECKPOINT if args.checkpoint == "default" else path)
+    return load_for_eval(args.checkpoint, args.model, dtype=torch.float32, quiet=args.json)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from coalora.eval import iter_eval
-    from coalora.quant.model import WeightSwitcher
     from coalora.results import ResultRecord, append_record
 
+    if not args.no_record:  # before the evaluation, not after it
+        check_writable_file(args.records, "--records", append=True)
     split = _select_split(args)
-    model, tok, space, method, checkpoint = _load(args)
-    config = None if args.config == "none" else space.load(args.config)
-    if checkpoint is None:
-        WeightSwitcher(model, space).apply(config)
-    else:
-        model.set_configuration(config)
+    loaded = _load(args)
+    model, tok, method, checkpoint = loaded.model, loaded.tokenizer, loaded.method, loaded.checkpoint
+    config = None if args.config == "none" else model.space.load(args.config)
+    model.set_configuration(config)
 
     bar = tqdm(total=len(split), desc=f"eval {args.task}", unit="row", file=sys.stderr, disable=None, leave=False)
     est = None
@@ -117,17 +95,8 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     assert est is not None
 
-    record = ResultRecord(
-        task=args.task, metric=est.metric, value=est.value, stderr=est.stderr, n=est.n, model=args.model,
-        method=method, checkpoint=checkpoint,
-        config_hash=None if config is None else config.hash,
-        config_path=None if config is None else str(args.config),
-        config=None if config is None else config.to_dict(),
-        avg_bits=None if config is None else config.avg_bits,
-        packed_bytes=None if config is None else config.packed_bytes,
-        seed=args.seed, split=split.manifest, split_hash=split.manifest_hash,
-        seconds=est.seconds, dtype=est.dtype, extra=dict(est.extra),
-    )
+    record = ResultRecord.from_estimate(est, config=config, model=args.model, split=split, method=method,
+                                        checkpoint=checkpoint, config_path=None if config is None else str(args.config))
     if not args.no_record:
         append_record(args.records, record)
     out = {k: v for k, v in record.to_dict().items() if k != "config"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,45 @@ def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.flo
         wrapped.unwrap()  # leave a caller's model as it was
         raise
     return wrapped, tokenizer, meta
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What `load_for_eval` returns: the model every caller configures the same way."""
+
+    model: CoaLoraModel
+    tokenizer: Any
+    method: str  # the training method of the checkpoint ("coalora", "lora", "shared"), or "base"
+    checkpoint: str | None  # checkpoint_label(...) or None: never a server path
+    meta: dict[str, Any]
+
+
+def checkpoint_label(folder: Path, meta: dict[str, Any]) -> str:
+    """How results name a checkpoint: its folder name ('default' for the shipped one) and the
+    first 16 hex digits of its tensor file's sha256, e.g. 'default@sha256:1a2b...'."""
+    name = "default" if Path(folder).resolve() == DEFAULT_CHECKPOINT.resolve() else Path(folder).name
+    sha = str((meta.get("tensors") or {}).get("sha256") or "")[:16]
+    return f"{name}@sha256:{sha}" if sha else name
+
+
+def load_for_eval(checkpoint: str | Path | None, model_name: str, dtype: torch.dtype = torch.float32,
+                  quiet: bool = True) -> LoadedModel:
+    """A checkpoint on its base model, or (checkpoint None) the base model `model_name` with a
+    zero adapter (CoaLoraModel.for_base). ModelMismatchError when the checkpoint was trained
+    on another model than `model_name`."""
+    if checkpoint is None:
+        from coalora.models import load_model
+
+        base, tok = load_model(model_name, dtype=dtype, quiet=quiet)
+        return LoadedModel(CoaLoraModel.for_base(base, model_name), tok, "base", None, {})
+    folder, meta = read_metadata(checkpoint)
+    trained_on = (meta.get("base_model") or {}).get("name")
+    if trained_on is not None and trained_on != model_name:
+        raise ModelMismatchError(f"checkpoint {checkpoint_label(folder, meta)!r} was trained on model "
+                                 f"{trained_on!r}, not on {model_name!r}")
+    model, tok, meta = load_checkpoint(folder, dtype=dtype, quiet=quiet)
+    method = (meta.get("training") or {}).get("method", "coalora")
+    return LoadedModel(model, tok, method, checkpoint_label(folder, meta), meta)
 
 
 def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder: Path) -> None:

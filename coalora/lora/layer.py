@@ -36,6 +36,7 @@ class CoaLoraLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.lora_B.weight)
         self.M: torch.Tensor | None = None  # (r, r); a plain attribute, never saved
+        self.enabled = True  # False: the base projection alone (CoaLoraModel.disable_adapter)
 
     @property
     def in_features(self) -> int:
@@ -52,6 +53,8 @@ class CoaLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)  # (..., out)
+        if not self.enabled:
+            return y
         dt = self.lora_A.weight.dtype
         h = self.lora_A(self.lora_dropout(x.to(dt)))  # (..., r)
         if self.M is not None:
@@ -59,4 +62,5 @@ class CoaLoraLinear(nn.Module):
         return y + (self.lora_B(h) * self.scaling).to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}, mixing={'theta' if self.M is not None else 'identity'}"
+        return (f"rank={self.rank}, scaling={self.scaling:g}, mixing={'theta' if self.M is not None else 'identity'}"
+                + ("" if self.enabled else ", disabled"))

@@ -1,11 +1,16 @@
 """CoaLoraModel: a causal LM whose target projections carry a configuration-aware LoRA.
 
     set_configuration(C)  ->  WeightSwitcher re-quantizes only the matrices whose setting
-                              changed (bounded LRU cache, see coalora.quant.model)
+                              changed (bounded LRU cache, see coalora.lora.switcher)
                           ->  θ runs ONCE on a (N, 7) code tensor for all N matrices
                           ->  each adapted layer gets its M_i = I + U_i
     forward(...)          ->  the wrapped HF model's forward (input_ids, attention_mask,
                               past_key_values, logits_to_keep ... -> .logits)
+
+Every model the library and the app evaluate is a CoaLoraModel: a base model without a
+trained checkpoint is wrapped by `CoaLoraModel.for_base` with a zero adapter (B = 0, so it
+computes exactly the quantized base; its layers skip the adapter path), and
+`with model.disable_adapter():` gives the quantized base of an adapted model.
 
 Inference mode (train=False): M is computed under no_grad when the configuration is set,
 and recomputed automatically if θ's weights changed since (an optimizer step, a load).
@@ -15,16 +20,17 @@ own graph from the loss back to θ (several backward passes per configuration wo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from coalora.errors import ModelMismatchError
+from coalora.errors import ConfigError
 from coalora.lora.hypernet import ConfigHyperNet
 from coalora.lora.layer import CoaLoraLinear
 from coalora.lora.spec import LoraSpec
-from coalora.quant.model import DEFAULT_CACHE_BYTES, WeightSwitcher
+from coalora.lora.switcher import DEFAULT_CACHE_BYTES, WeightSwitcher
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 
@@ -60,11 +66,38 @@ class CoaLoraModel(nn.Module):
         )
         static = [(MODULE_TYPES.index(m.module_type), m.block) for m in space.matrices]
         self.register_buffer("_static_codes", torch.tensor(static, dtype=torch.long, device=device), persistent=False)
+        self.has_adapter = True  # False: a zero adapter standing in for "no checkpoint" (for_base)
         self.configuration: Configuration | None = None
+        self._configured = False  # set_configuration was called (config may be None: weights as loaded)
         self._codes: torch.Tensor | None = None  # (N, 7) of the current configuration
         self._theta_in_graph = False
         self._theta_version: tuple[int, ...] | None = None
         self.train(base_model.training)  # new layers start in train mode; follow the base (eval after load_model)
+
+    @classmethod
+    def for_base(cls, base_model: nn.Module, model_name: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "CoaLoraModel":
+        """Wrap a base model that has no trained adapter: a zero adapter, switched off, so
+        the model computes exactly the (quantized) base and callers need no second code path."""
+        model = cls(base_model, ConfigSpace.from_model(base_model, model_name), cache_bytes=cache_bytes)
+        model.has_adapter = False
+        model._set_enabled(False)
+        return model
+
+    def _set_enabled(self, on: bool) -> None:
+        for layer in self.adapted.values():
+            layer.enabled = on
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator["CoaLoraModel"]:
+        """Compute the quantized base alone inside the block (peft's context manager of the
+        same name); the adapter's previous state is restored on exit."""
+        before = [layer.enabled for layer in self.adapted.values()]
+        self._set_enabled(False)
+        try:
+            yield self
+        finally:
+            for layer, on in zip(self.adapted.values(), before):
+                layer.enabled = on
 
     # ---- configurations --------------------------------------------------------------
     def codes(self, config: Configuration) -> torch.Tensor:
@@ -81,11 +114,23 @@ class CoaLoraModel(nn.Module):
             return torch.zeros(self.space.n_matrices, r, r, device=self._static_codes.device)
         return self.theta(self.codes(config))
 
-    def set_configuration(self, config: Configuration, train: bool = False) -> int:
-        """Compute under `config`: re-quantize changed matrices, run θ once. -> #re-quantized."""
+    def set_configuration(self, config: Configuration | None, train: bool = False) -> int:
+        """Compute under `config`: re-quantize changed matrices, run θ once. -> #re-quantized.
+
+        None: the weights as loaded (no quantization); only for a model without a trained
+        adapter, since θ's adjustment is defined per quantizer setting (ConfigError otherwise).
+        """
+        if config is None:
+            if self.has_adapter:
+                raise ConfigError("an adapter is evaluated under a quantization configuration, not 'none' "
+                                  "(give a preset such as nf4 or a configuration file)")
+            changed = self.switcher.apply(None)
+            self.configuration, self._codes, self._theta_in_graph, self._configured = None, None, False, True
+            return changed
         self._check_space(config)
         changed = self.switcher.apply(config)
         self.configuration = config
+        self._configured = True
         self._codes = self.codes(config)
         self._theta_in_graph = bool(train) and self.theta is not None
         if not self._theta_in_graph:
@@ -111,26 +156,24 @@ class CoaLoraModel(nn.Module):
         return tuple(p._version for p in self.theta.parameters())
 
     def _check_space(self, config: Configuration) -> None:
-        if config.space.fingerprint != self.space.fingerprint:
-            raise ModelMismatchError(
-                f"configuration for {config.space.model_name!r} (fingerprint {config.space.fingerprint}) "
-                f"does not fit {self.space.model_name!r} (fingerprint {self.space.fingerprint})"
-            )
+        self.space.check_same(config)
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self._codes is None:
+        if not self._configured:
             raise RuntimeError("CoaLoraModel: call set_configuration(config) before the forward pass")
-        if self._theta_in_graph:
+        if self._codes is None:
+            pass  # weights as loaded, zero adapter: nothing to mix
+        elif self._theta_in_graph:
             self._assign(self.theta(self._codes))  # one batched θ call, inside this graph
         elif self.theta is not None and self._theta_version != self._version_of_theta():
             self._refresh_mixing()  # θ was updated since the configuration was set
         return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        if self._codes is None:
+        if not self._configured:
             raise RuntimeError("CoaLoraModel: call set_configuration(config) before generate")
-        if self.theta is not None and (self._theta_in_graph or self._theta_version != self._version_of_theta()):
+        if self._codes is not None and self.theta is not None and (self._theta_in_graph or self._theta_version != self._version_of_theta()):
             self._refresh_mixing()
         return self.model.generate(*args, **kwargs)
 
@@ -170,5 +213,5 @@ class CoaLoraModel(nn.Module):
             setattr(self.model.get_submodule(parent), child, layer.base_layer)
         if restore_weights:
             self.switcher.clear_cache()
-        self._codes = None
+        self._codes, self._configured = None, False
         return self.model

@@ -54,19 +54,39 @@ class Allocation:
                 "seconds": self.seconds}
 
 
-def check_budget(budget: float, min_bits: float) -> float:
-    """A finite budget at least the cheapest setting's bits per weight, else ConfigError."""
+def _shown(value) -> str:
+    """A short repr for messages (a 5,000-digit int cannot even be repr'd)."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return "an integer that large"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_budget(budget: float, min_bits: float, max_bits: float | None = None) -> float:
+    """A finite budget between the cheapest setting's bits per weight (`min_bits`) and the
+    most precise one's (`max_bits`, default coalora.search.pareto.BITS_MAX = 8.625), else
+    ConfigError. The one budget check of the CLI and the app."""
+    from coalora.search.pareto import BITS_MAX
+
+    top = BITS_MAX if max_bits is None else max_bits
+    if isinstance(budget, bool):
+        raise ConfigError(f"budget {budget!r} is not a number; give average bits per weight, e.g. 3.5")
     try:
         b = float(budget)
-    except (TypeError, ValueError):
-        raise ConfigError(f"budget {budget!r} is not a number; give average bits per weight, e.g. 3.5") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"budget {_shown(budget)} is not a usable number; give average bits per weight "
+                          f"between {min_bits:.4f} and {top:.4f}, e.g. 3.5") from None
     if not math.isfinite(b):
-        raise ConfigError(f"budget {budget!r} is not finite; give average bits per weight, e.g. 3.5")
+        raise ConfigError(f"budget {_shown(budget)} is not finite; give average bits per weight between "
+                          f"{min_bits:.4f} and {top:.4f}, e.g. 3.5")
     if b < min_bits:
         raise ConfigError(
             f"budget {b:g} bits per weight is impossible: the cheapest setting needs {min_bits:.4f} "
             f"(nf2 with 2-bit scales, bf16, blocks 64x256); the minimum budget is {min_bits:.4f}"
         )
+    if b > top + 1e-9:
+        raise ConfigError(f"budget {b:g} bits per weight is above the most precise setting ({top:.4f}); "
+                          f"the budget range is {min_bits:.4f} .. {top:.4f}")
     return b
 
 
@@ -226,3 +246,71 @@ def allocate_lagrangian(costs: CostTable, budget: float, iterations: int = 60) -
     if config.avg_bits > budget:  # float rounding of the running sum; never overspend
         raise RuntimeError(f"Lagrangian allocation has avg_bits {config.avg_bits!r} > budget {budget!r}")
     return config
+
+
+# ---- one entry point for the CLI and the app ----------------------------------------------
+METHODS = ("fast", "ilp", "gp")
+METHOD_HELP = {
+    "fast": "Lagrangian relaxation of the integer program (milliseconds; needs the cost table)",
+    "ilp": "the integer program, proven within 0.1% of the least total quantization error (HiGHS)",
+    "gp": "the configuration the GP fitted on evaluated configurations predicts best (or the "
+          "precomputed front's best point under the budget)",
+}
+
+
+@dataclass(frozen=True)
+class Allocated:
+    """What `allocate` chose: the configuration, a one-line note and JSON-ready details."""
+
+    config: Configuration
+    method: str
+    note: str
+    details: dict
+
+
+def allocate(source, budget: float, method: str = "ilp", candidates=()) -> Allocated:
+    """A configuration with avg_bits <= `budget` (bits per weight) by `method` (METHODS).
+
+    source: a CostTable for "fast" / "ilp"; for "gp" a fitted coalora.search.gp.Surrogate
+    (candidates: evaluated configurations to start from) or a PredictedFront (its best
+    point that fits). ConfigError for an unknown method, a budget outside the range of the
+    space, or a source of the wrong kind.
+    """
+    from coalora.search.pareto import BITS_MIN
+
+    if method not in METHODS:
+        raise ConfigError(f"allocation method {method!r} is unknown; allowed values are {', '.join(METHODS)}")
+    b = check_budget(budget, BITS_MIN)
+    t0 = time.perf_counter()
+    if method in ("fast", "ilp"):
+        if not isinstance(source, CostTable):
+            raise ConfigError(f"allocation method {method!r} needs the model's quantization-error table")
+        if method == "ilp":
+            res = allocate_ilp(source, b)
+            return Allocated(res.config, method, f"ILP (HiGHS): {res.avg_bits:.4f} bits, {res.seconds:.1f} s",
+                             res.to_dict())
+        cfg = allocate_lagrangian(source, b)
+        secs = time.perf_counter() - t0
+        return Allocated(cfg, method, f"fast allocation (Lagrangian relaxation of the ILP): {cfg.avg_bits:.4f} bits, "
+                         f"{secs:.2f} s", {"method": method, "budget": b, "avg_bits": cfg.avg_bits, "seconds": secs})
+    from coalora.search.front import PredictedFront, allocate_gp
+    from coalora.search.gp import Surrogate
+
+    if isinstance(source, Surrogate):
+        point = allocate_gp(source, b, candidates=candidates)
+        return Allocated(point.config, method,
+                         f"GP ({source.n_observations} observations): predicted f1 {point.mean:.4f} ± {point.std:.4f}",
+                         {"method": method, "budget": b, "avg_bits": point.avg_bits, "predicted_f1": point.mean,
+                          "predicted_std": point.std, "n_observations": source.n_observations})
+    if isinstance(source, PredictedFront):
+        fits = [p for p in source.points if p.avg_bits <= b]
+        if not fits:
+            cheapest = min((p.avg_bits for p in source.points), default=float("nan"))
+            raise ConfigError(f"the predicted front has no configuration within {b:g} bits; "
+                              f"its cheapest point needs {cheapest:.4f}")
+        p = min(fits, key=lambda p: p.mean)
+        return Allocated(p.config, method, f"precomputed GP front: point for budget {p.budget:g} ({p.avg_bits:.4f} bits)",
+                         {"method": method, "budget": b, "avg_bits": p.avg_bits, "predicted_f1": p.mean,
+                          "predicted_std": p.std, "source": "predicted front"})
+    raise ConfigError("method 'gp' needs a GP: no pool of evaluated configurations and no predicted front "
+                      "are available; use method 'fast' or 'ilp'")

@@ -1,4 +1,5 @@
-"""Switch a live model's target matrices between quantization configurations.
+"""Switch a live model's target matrices between quantization configurations (the module
+surgery under CoaLoraModel.set_configuration; docs/design.md, "Data flow").
 
 Simulated ("fake") quantization: each target nn.Linear gets the dequantized weights of its
 setting, computed in float32 from the original weights. Only matrices whose setting changed
@@ -66,12 +67,8 @@ class WeightSwitcher:
     @torch.no_grad()
     def apply(self, config: Configuration | None) -> int:
         """Make the model compute under `config` (None: original weights). -> #matrices changed."""
-        if config is not None and config.space.fingerprint != self.space.fingerprint:
-            from coalora.errors import ModelMismatchError
-
-            raise ModelMismatchError(
-                f"configuration for {config.space.model_name!r} does not fit {self.space.model_name!r}"
-            )
+        if config is not None:
+            self.space.check_same(config)
         changed = 0
         for m in self.space.matrices:
             want = None if config is None else (config.setting(m.name), config.family)

@@ -22,6 +22,7 @@ import torch
 
 from coalora.errors import ModelLoadError
 from coalora.io import atomic_folder
+from coalora.tmp import sweep_siblings
 
 DEFAULT_MODEL = "smollm2-135m"
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
@@ -68,6 +69,9 @@ def embedded_model_dir(name: str = DEFAULT_MODEL, quiet: bool = False) -> Path:
     """The safetensors folder of an embedded model, converting its GGUF once if needed."""
     em = EMBEDDED[name]
     target = cache_dir() / "models" / name
+    # A conversion killed mid-write leaves `.<name>.coalora-<pid>-*.tmp` (about 540 MB) next
+    # to the target: remove those of dead pids first (a directory listing, microseconds).
+    sweep_siblings(target)
     if (target / "config.json").exists():
         return target
     gguf_dir = _package_dir(em.package)

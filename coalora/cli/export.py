@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from coalora.cli.common import config_help
+from coalora.cli.common import check_new_folder, config_help
 
 
 def register(sub) -> None:
@@ -28,15 +27,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coalora.errors import OutputExistsError
     from coalora.export import export_peft
     from coalora.lora.checkpoint import load_checkpoint, read_metadata
     from coalora.models import build_space_for
 
-    out = Path(args.out)
     # Cheap checks first: refuse before loading any model.
-    if out.exists() and not args.force:
-        raise OutputExistsError(f"output folder {str(out)!r} already exists; pass --force to replace it")
+    out = check_new_folder(args.out, "--out", force=args.force)
     _, meta = read_metadata(args.checkpoint)
     build_space_for(meta["base_model"]["name"]).load(args.config)  # weights not needed to reject a bad config
     model, _, meta = load_checkpoint(args.checkpoint, quiet=False)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -34,13 +35,29 @@ SCALE_FORMAT_BITS = {"bf16": 16, "fp16": 16, "fp32": 32}
 SCALE_FORMAT_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _show(value: Any) -> str:
+    """repr(value) for an error message: one short line whatever the value (a 5,000-digit
+    int cannot even be repr'd under Python's int->str limit)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_field(name: str, value: Any, where: str = "") -> None:
     allowed = FIELD_VALUES[name]
-    # bool is an int subclass; True must not pass as bits=1.
-    if isinstance(value, bool) or value not in allowed:
+    # The value must have the field's type: bool is an int subclass (True must not pass as
+    # bits=1), and 4.0 == 4 must not pass as bits=4 either.
+    want = str if isinstance(allowed[0], str) else numbers.Integral
+    ok = isinstance(value, want) and not isinstance(value, bool)
+    if not ok or value not in allowed:
         prefix = f"{where}: " if where else ""
+        kind = "" if ok or value is None else f" (a {type(value).__name__})"
         raise ConfigError(
-            f"{prefix}field '{name}' has value {value!r}; allowed values are "
+            f"{prefix}field '{name}' has value {_show(value)}{kind}; allowed values are "
             f"{', '.join(repr(v) for v in allowed)}"
         )
 
@@ -103,7 +120,14 @@ class QuantSetting:
         """Fields of `d` over `base` (or over the defaults)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where or 'setting'}: expected an object of fields, got {type(d).__name__}")
-        return (base or cls()).replace(where=where, **dict(d))
+        # Not replace(**d): a field named 'where' or 'self' would collide with its parameters.
+        prefix = f"{where}: " if where else ""
+        unknown = [k for k in d if k not in FIELD_VALUES]
+        if unknown:
+            raise ConfigError(f"{prefix}unknown field {_show(unknown[0])}; known fields are {', '.join(FIELD_NAMES)}")
+        for name, value in d.items():
+            _check_field(name, value, where)
+        return cls(**{**(base or cls()).to_dict(), **d})
 
     def short(self) -> str:
         """Compact label, e.g. 'nf4/s8-fp32/64x256'."""

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from coalora.cli.common import add_model_arg
+from coalora.cli.common import add_model_arg, check_writable_file
 
 
 def register(sub) -> None:
@@ -23,7 +23,8 @@ def register(sub) -> None:
         ),
     )
     add_model_arg(p)
-    p.add_argument("--budget", type=float, required=True, help="average bits per weight (at least 2.0322)")
+    # Parsed by check_budget (not type=float), so a bad value gets the same one-line message as in the app.
+    p.add_argument("--budget", required=True, help="average bits per weight, 2.0322 to 8.625")
     p.add_argument("--method", choices=("ilp", "gp"), default="ilp", help="allocation method (default ilp)")
     p.add_argument("--checkpoint", help="trained checkpoint folder or 'default': its search pool (`coalora search`) feeds --method gp")
     p.add_argument("--pool", help="evaluated configurations for --method gp: result records (JSON lines) or a saved pool")
@@ -57,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from coalora.search.pareto import BITS_MIN
 
     t0 = time.perf_counter()
-    check_budget(args.budget, BITS_MIN)  # fail before loading anything
+    # Fail before loading anything: the budget (one check with the app's) and the output path.
+    args.budget = check_budget(args.budget, BITS_MIN)
+    if args.out is not None:
+        check_writable_file(args.out, "--out")
     space = build_space_for(args.model)
     ckpt_pool = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
     out: dict = {"model": args.model, "method": args.method, "budget": args.budget}

@@ -11,12 +11,15 @@ from coalora.cli.common import add_model_arg, check_writable_file
 
 
 def register(sub) -> None:
+    from coalora.search.allocate import METHOD_HELP, METHODS
+
     p = sub.add_parser(
         "allocate",
         help="choose a per-matrix configuration for an average bit budget",
         description=(
             "ilp: the integer program of LQ-LoRA (least total quantization error, exactly one "
-            "setting per matrix, avg bits <= budget), solved with HiGHS; the error table is "
+            "setting per matrix, avg bits <= budget), solved with HiGHS; fast: its Lagrangian "
+            "relaxation (the app's default); the error table is "
             "cached (assets/ for the default model, else computed once, minutes). gp: the "
             "configuration a GP fitted to evaluated configurations (--pool, or a checkpoint's "
             "pool) predicts best under the budget."
@@ -25,7 +28,8 @@ def register(sub) -> None:
     add_model_arg(p)
     # Parsed by check_budget (not type=float), so a bad value gets the same one-line message as in the app.
     p.add_argument("--budget", required=True, help="average bits per weight, 2.0322 to 8.625")
-    p.add_argument("--method", choices=("ilp", "gp"), default="ilp", help="allocation method (default ilp)")
+    p.add_argument("--method", choices=METHODS, default="ilp",
+                   help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()) + " (default ilp)")
     p.add_argument("--checkpoint", help="trained checkpoint folder or 'default': its search pool (`coalora search`) feeds --method gp")
     p.add_argument("--pool", help="evaluated configurations for --method gp: result records (JSON lines) or a saved pool")
     p.add_argument("--task", help="with --pool: use only records of this task")
@@ -54,7 +58,7 @@ def _check_checkpoint(checkpoint: str, fingerprint: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from coalora.errors import ConfigError
     from coalora.models import build_space_for
-    from coalora.search.allocate import check_budget
+    from coalora.search.allocate import allocate, check_budget
     from coalora.search.pareto import BITS_MIN
 
     t0 = time.perf_counter()
@@ -65,16 +69,13 @@ def run(args: argparse.Namespace) -> int:
     space = build_space_for(args.model)
     ckpt_pool = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
     out: dict = {"model": args.model, "method": args.method, "budget": args.budget}
-    if args.method == "ilp":
-        from coalora.search.allocate import allocate_ilp
+    candidates: tuple = ()
+    if args.method in ("fast", "ilp"):
         from coalora.search.costs import get_costs
 
-        costs = get_costs(space, weighting=args.weighting, progress=not args.json)
-        res = allocate_ilp(costs, args.budget)
-        config = res.config
-        out.update(res.to_dict(), weighting=args.weighting, costs=costs.meta.get("source", "computed"))
+        source = get_costs(space, weighting=args.weighting, progress=not args.json)
+        out.update(weighting=args.weighting, costs=source.meta.get("source", "computed"))
     else:
-        from coalora.search.front import allocate_gp
         from coalora.search.gp import fit_surrogate
         from coalora.search.loop import pool_from_records
 
@@ -83,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--method gp needs evaluated configurations to fit its GP: give --pool FILE (result records, "
                 "JSON lines) or a --checkpoint DIR holding pool.json"
-                + (f"; {str(pool_path)!r} does not exist" if pool_path else "; none was given")
+                + (f"; {pool_path.name!r} does not exist" if pool_path else "; none was given")
             )
         pool = pool_from_records(pool_path, space, args.task)
-        gp = fit_surrogate(pool.configs, pool.values, space)
-        point = allocate_gp(gp, args.budget, candidates=pool.configs)
-        config = point.config
-        out.update(avg_bits=config.avg_bits, predicted_f1=point.mean, predicted_std=point.std,
-                   n_observations=len(pool), pool=str(pool_path))
+        source, candidates = fit_surrogate(pool.configs, pool.values, space), pool.configs
+        out.update(pool=str(pool_path))
+    got = allocate(source, args.budget, args.method, candidates=candidates)
+    config = got.config
+    out.update({k: v for k, v in got.details.items() if k != "budget"})
     out.update(packed_bytes=config.packed_bytes, config_hash=config.hash, seconds=round(time.perf_counter() - t0, 3))
     if args.out:
         config.save(args.out)

@@ -149,9 +149,8 @@ def main() -> int:
 
     from coalora.data import load_split
     from coalora.eval.harness import iter_eval
-    from coalora.lora import load_checkpoint
+    from coalora.lora import CoaLoraModel, load_checkpoint
     from coalora.models import load_model
-    from coalora.lora.switcher import WeightSwitcher
     from coalora.results import ResultRecord, append_record, read_records
     from coalora.search.pareto import hypervolume
     from coalora.space import ConfigSpace
@@ -191,13 +190,10 @@ def main() -> int:
         est = None
         for est in iter_eval(evaluator, tok, split, stream=False):
             pass
-        rec = ResultRecord(task="sst2", metric=est.metric, value=est.value, stderr=est.stderr, n=est.n,
-                           model=args.model, method=method, checkpoint=None if folder is None else str(folder),
-                           config_hash=config.hash, config=config.to_dict(), avg_bits=config.avg_bits,
-                           packed_bytes=config.packed_bytes, seed=args.seed, split=split.manifest,
-                           split_hash=split.manifest_hash, seconds=est.seconds, dtype=est.dtype,
-                           extra={"kind": kind, "steps": args.steps, "batch_size": args.batch_size,
-                                  "checkpoint_sha256": sha.get(folder)})
+        rec = ResultRecord.from_estimate(
+            est, config=config, model=args.model, split=split, method=method, seed=args.seed,
+            checkpoint=None if folder is None else folder.name,
+            extra={"kind": kind, "steps": args.steps, "batch_size": args.batch_size, "checkpoint_sha256": sha.get(folder)})
         append_record(records_path, rec)
         results[(method, config.hash)] = rec.to_dict()
 
@@ -208,13 +204,13 @@ def main() -> int:
     todo = [(m, f, c) for m, f, c in jobs if not cached(m, c, f)]
     bar = tqdm(total=len(todo), desc=f"score ({len(jobs) - len(todo)} of {len(jobs)} reused)", unit="eval",
                file=sys.stderr)
-    switcher = WeightSwitcher(model, space)
-    for _, _, c in (j for j in todo if j[0] == "none"):  # the quantized base, no adapter
-        switcher.apply(c)
-        score("none", model, c, None, "fixed" if c in configs else "unseen")
+    base = CoaLoraModel.for_base(model, args.model)  # the quantized base, no adapter
+    for _, _, c in (j for j in todo if j[0] == "none"):
+        base.set_configuration(c)
+        score("none", base, c, None, "fixed" if c in configs else "unseen")
         bar.update(1)
-    switcher.apply(None)
-    del switcher
+    base.unwrap()  # the original weights and modules again, for the checkpoints below
+    del base
     for folder in dict.fromkeys(f for m, f, _ in todo if m != "none"):
         wrapped, _, _ = load_checkpoint(folder / "checkpoint", model=model, tokenizer=tok)
         for method, _, c in (j for j in todo if j[1] == folder):

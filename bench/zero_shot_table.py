@@ -39,21 +39,20 @@ def main() -> None:
     from coalora.data import load_split
     from coalora.eval import iter_eval
     from coalora.eval.scoring import resolve_dtype
+    from coalora.lora import CoaLoraModel
     from coalora.models import load_model
-    from coalora.lora.switcher import WeightSwitcher
     from coalora.results import ResultRecord, append_record, read_records
-    from coalora.space import ConfigSpace
 
-    model, tok = load_model(args.model)
-    space = ConfigSpace.from_model(model, args.model)
-    switcher = WeightSwitcher(model, space)
+    base, tok = load_model(args.model)
+    model = CoaLoraModel.for_base(base, args.model)  # no adapter: the quantized base
+    space = model.space
     dtype = resolve_dtype(args.dtype, model)
     done = {(r.config_path or "none", r.task, r.split_hash, r.dtype): r for r in read_records(args.records) if r.model == args.model}
     table: dict[tuple[str, str], object] = {}
     t0 = time.perf_counter()
     for cfg_name in args.configs:
         config = None if cfg_name == "none" else space.load(cfg_name)
-        switcher.apply(config)
+        model.set_configuration(config)
         for task in args.tasks:
             split = load_split(task, "all")
             split = split.head(min(args.sst2_rows if task == "sst2" else args.rows, len(split)))
@@ -62,15 +61,8 @@ def main() -> None:
                 table[(cfg_name, task)] = done[key]
                 continue
             est = next(iter(iter_eval(model, tok, split, dtype=dtype, stream=False)))
-            rec = ResultRecord(
-                task=task, metric=est.metric, value=est.value, stderr=est.stderr, n=est.n, model=args.model,
-                method="base", config_hash=None if config is None else config.hash,
-                config_path=None if config is None else cfg_name,
-                avg_bits=None if config is None else config.avg_bits,
-                packed_bytes=None if config is None else config.packed_bytes,
-                split=split.manifest, split_hash=split.manifest_hash, seconds=est.seconds, dtype=est.dtype,
-                extra=dict(est.extra),
-            )
+            rec = ResultRecord.from_estimate(est, config=config, model=args.model, split=split,
+                                             config_path=None if config is None else cfg_name)
             append_record(args.records, rec)
             table[(cfg_name, task)] = rec
             print(f"[{time.perf_counter() - t0:6.0f} s] {cfg_name:>4} {task:<11} {est.metric} {est.value:.4f} "

@@ -15,7 +15,7 @@ from coalora.quant import (
     packed_bytes,
     quantize,
 )
-from coalora.quant.nf import _midpoints, _nearest_level
+from coalora.quant.nf import _midpoints, double_quantize_scales, nearest_level
 from coalora.quant.packing import pack_codes, packed_nbytes, unpack_codes
 
 
@@ -69,7 +69,7 @@ def test_nearest_level_equals_bucketize_including_midpoints(bits):
         mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1),
         torch.tensor([-1.0, 1.0, 0.0, -5.0, 5.0]),
     ])
-    assert torch.equal(_nearest_level(x, bits, "nf"), torch.bucketize(x, mid))
+    assert torch.equal(nearest_level(x, bits, "nf"), torch.bucketize(x, mid))
 
 
 SHAPES = [(64, 64), (192, 576), (37, 51), (5,), (3, 16, 16)]
@@ -94,6 +94,48 @@ def test_round_trip_keeps_dtype_bf16():
     w = torch.randn(64, 64).to(torch.bfloat16)
     out = dequantize(*quantize(w, QuantSetting()))
     assert out.dtype == torch.bfloat16 and out.shape == w.shape
+
+
+def test_double_quantized_scales_by_hand():
+    # 18 scales, groups of 16: group 0 = the first 16, group 1 = the last 2. Binary-exact values.
+    s = torch.full((18,), 0.5)
+    s[1], s[2], s[3], s[16], s[17] = 1.0, 0.75, 2.0, 0.625, 1.5
+    q, t, offset, s_hat = double_quantize_scales(s, QuantSetting(4, 2, "fp32", 64, 16))
+    assert offset.tolist() == [0.5]  # min s
+    assert t.dtype == torch.float32 and t.tolist() == [1.5, 1.0]  # max (s - o) per group
+    # q = round((s - o) * 3 / t): 0.5 * 3 / 1.5 = 1; 0.25 * 3 / 1.5 = 0.5 rounds to even (0);
+    # 0.125 * 3 / 1.0 = 0.375 -> 0
+    want_q = [0.0] * 18
+    want_q[1], want_q[3], want_q[17] = 1.0, 3.0, 3.0
+    assert q.tolist() == want_q
+    want_s = [0.5] * 18  # s_hat = q t / 3 + o
+    want_s[1], want_s[3], want_s[17] = 1.0, 2.0, 1.5
+    assert s_hat.tolist() == want_s
+
+
+@pytest.mark.parametrize("fmt,want_t", [("bf16", 1.0), ("fp16", 1.0009765625), ("fp32", 1.0009765625)])
+def test_second_level_scale_is_rounded_through_its_format(fmt, want_t):
+    s = torch.tensor([0.0, 1.0009765625])  # t = 1 + 2^-10: exact in fp16/fp32, 1.0 in bf16 (7-bit mantissa)
+    q, t, offset, s_hat = double_quantize_scales(s, QuantSetting(4, 8, fmt, 64, 16))
+    assert t.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[fmt]
+    assert t.float().tolist() == [want_t] and q.tolist() == [0.0, 255.0]  # 255.25 clamps to 255
+    assert s_hat.tolist() == [0.0, want_t]
+
+
+def test_equal_scales_give_zero_second_level_scale():
+    q, t, offset, s_hat = double_quantize_scales(torch.full((5,), 0.25), QuantSetting())
+    assert t.tolist() == [0.0] and q.tolist() == [0.0] * 5 and s_hat.tolist() == [0.25] * 5
+
+
+def test_quantize_stores_exactly_the_shared_scale_quantization():
+    from coalora.quant.nf import block_view
+
+    w = torch.randn(37, 51, generator=torch.Generator().manual_seed(3))
+    st = QuantSetting(3, 3, "bf16", 16, 16)
+    packed, _ = quantize(w, st)
+    q, t, offset, _ = double_quantize_scales(block_view(w, 16).abs().amax(dim=1), st)
+    assert torch.equal(packed.group_scales, t) and torch.equal(packed.offset, offset)
+    assert torch.equal(unpack_codes(packed.scale_codes, 3, q.numel()), q.to(torch.uint8))
 
 
 @pytest.mark.parametrize("family", ["nf", "int"])

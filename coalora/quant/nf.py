@@ -1,4 +1,4 @@
-"""Block-wise NF-k (and INT-k) quantization with double-quantized scales (method.md section 2).
+"""Block-wise NF-k (and INT-k) quantization with double-quantized scales (docs/design.md, "Configuration space").
 
 Layout: the matrix is flattened row-major and cut into blocks of B0 = block_size weights.
   * first-level scale s_j = max |w| over block j                          (n_blocks,)
@@ -72,7 +72,7 @@ def _level_lut(bits: int, family: str) -> tuple[int, torch.Tensor, torch.Tensor,
     return k, lut, torch.cat([mid, inf]), torch.cat([-inf, mid])
 
 
-def _nearest_level(x: torch.Tensor, bits: int, family: str) -> torch.Tensor:
+def nearest_level(x: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
     """Index of the nearest codebook level (ties to the lower), = torch.bucketize(x, midpoints).
 
     Why not bucketize: its binary search is 2-3x slower for 8 bits. A grid lookup lands
@@ -123,7 +123,7 @@ class PackedMatrix:
         return sum(t.numel() * t.element_size() for t in (self.codes, self.scale_codes, self.group_scales, self.offset))
 
 
-def _blocks(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+def block_view(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     """Row-major flatten, zero-pad to whole blocks: -> (n_blocks, B0) float32."""
     w = weight.detach().reshape(-1).to(torch.float32)
     pad = (-w.numel()) % block_size
@@ -142,30 +142,55 @@ def _scale_from_codes(q: torch.Tensor, t_exp: torch.Tensor, offset: torch.Tensor
     return q * t_exp / float(2**scale_bits - 1) + offset
 
 
+def double_quantize_scales(
+    scales: torch.Tensor, setting: QuantSetting
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Double-quantize the first-level absmax scales of one matrix (the module docstring's rule).
+
+    scales: (n_blocks,) float32, non-negative and finite. Uses setting.scale_bits (b1),
+    scale_block_size (B1) and scale_format (b2); the other fields are ignored.
+    -> (q (n_blocks,) float32 integer codes in [0, 2^b1 - 1], t (n_groups,) in the b2 dtype,
+        offset (1,) float32 = min scale, s_hat (n_blocks,) float32 reconstructed scales).
+    The single implementation: the encoder (`quantize`, `fake_quantize`) and the cost table
+    (coalora.search.costs) both call it, so their scales are bit-identical.
+    """
+    nb = scales.shape[0]
+    b1, g = setting.scale_bits, setting.scale_block_size
+    offset = scales.min().reshape(1)  # (1,)
+    dev = scales - offset  # (nb,)
+    ng = -(-nb // g)
+    dev_pad = torch.nn.functional.pad(dev, (0, ng * g - nb))  # zeros never raise a max of >= 0 values
+    t = dev_pad.view(ng, g).amax(dim=1).to(SCALE_FORMAT_DTYPE[setting.scale_format])  # (ng,)
+    t_exp = _group_expand(t.to(torch.float32), g, nb)  # (nb,)
+    levels = float(2**b1 - 1)
+    safe_t = torch.where(t_exp > 0, t_exp, torch.ones_like(t_exp))
+    q = torch.where(t_exp > 0, (dev * levels / safe_t).round(), torch.zeros_like(dev)).clamp_(0, levels)
+    return q, t, offset, _scale_from_codes(q, t_exp, offset, b1)
+
+
+def block_codes(blocks: torch.Tensor, s_hat: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
+    """Weight codes of blocks (n, B0) under their scales s_hat (n,): -> (n, B0) int64 level indices.
+    A zero scale (an all-zero block) codes w / 1 = 0 exactly."""
+    denom = torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))
+    return nearest_level(blocks / denom[:, None], bits, family)
+
+
+def block_values(codes: torch.Tensor, s_hat: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
+    """Inverse of `block_codes`: codes (n, B0) and scales (n,) -> (n, B0) float32 weights."""
+    return torch.take(_codebook(bits, family), codes).mul_(s_hat[:, None])
+
+
 def _encode(weight: torch.Tensor, setting: QuantSetting, family: str, double_quant: bool):
     """-> (codes (n_blocks, B0) int64, q (n_blocks,) float, t (n_groups,) b2 dtype, offset (1,), s_hat (n_blocks,))."""
-    blocks = _blocks(weight, setting.block_size)  # (nb, B0)
-    nb = blocks.shape[0]
+    blocks = block_view(weight, setting.block_size)  # (nb, B0)
     s = blocks.abs().amax(dim=1)  # (nb,)
     if not torch.isfinite(s).all():
         raise ValueError("cannot quantize a weight that contains NaN or inf")
     if double_quant:
-        b1, g = setting.scale_bits, setting.scale_block_size
-        offset = s.min().reshape(1)  # (1,)
-        dev = s - offset  # (nb,)
-        ng = -(-nb // g)
-        dev_pad = torch.nn.functional.pad(dev, (0, ng * g - nb))  # zeros never raise a max of >= 0 values
-        t = dev_pad.view(ng, g).amax(dim=1).to(SCALE_FORMAT_DTYPE[setting.scale_format])  # (ng,)
-        t_exp = _group_expand(t.to(torch.float32), g, nb)  # (nb,)
-        levels = float(2**b1 - 1)
-        safe_t = torch.where(t_exp > 0, t_exp, torch.ones_like(t_exp))
-        q = torch.where(t_exp > 0, (dev * levels / safe_t).round(), torch.zeros_like(dev)).clamp_(0, levels)
-        s_hat = _scale_from_codes(q, t_exp, offset, b1)
+        q, t, offset, s_hat = double_quantize_scales(s, setting)
     else:
         q, t, offset, s_hat = s, torch.empty(0), torch.empty(0), s
-    denom = torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))
-    codes = _nearest_level(blocks / denom[:, None], setting.bits, family)  # (nb, B0)
-    return codes, q, t, offset, s_hat
+    return block_codes(blocks, s_hat, setting.bits, family), q, t, offset, s_hat
 
 
 @torch.no_grad()
@@ -201,7 +226,7 @@ def dequantize(packed: PackedMatrix, state: QuantState) -> torch.Tensor:
         s_hat = _scale_from_codes(q, t_exp, packed.offset, st.scale_bits)
     else:
         s_hat = packed.scale_codes
-    w = torch.take(_codebook(st.bits, state.family), codes).mul_(s_hat[:, None])  # (nb, B0)
+    w = block_values(codes, s_hat, st.bits, state.family)  # (nb, B0)
     return w.reshape(-1)[: state.numel].view(state.shape).to(state.dtype)
 
 
@@ -211,5 +236,5 @@ def fake_quantize(
 ) -> torch.Tensor:
     """dequantize(*quantize(weight, ...)) without the bit-packing round trip (bit-identical, faster)."""
     codes, _, _, _, s_hat = _encode(weight, setting, family, double_quant)
-    w = torch.take(_codebook(setting.bits, family), codes).mul_(s_hat[:, None])  # (nb, B0)
+    w = block_values(codes, s_hat, setting.bits, family)  # (nb, B0)
     return w.reshape(-1)[: weight.numel()].view(weight.shape).to(weight.dtype)

@@ -1,4 +1,4 @@
-"""Per-matrix, per-setting quantization error: the cost table of the ILP (method.md section 2).
+"""Per-matrix, per-setting quantization error: the cost table of the ILP (docs/design.md, "Search").
 
 F(i, c) = sum_j f_ij (W_ij - Q_c(W)_ij)^2 for matrix i and setting c, with f = 1 (plain
 squared Frobenius error, weighting "mse") or f = a diagonal empirical Fisher estimate from
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,9 @@ from typing import Any, Iterable
 
 import torch
 
-from coalora.errors import ConfigError, ModelMismatchError
-from coalora.quant.nf import FAMILIES
+from coalora.errors import ConfigError
+from coalora.io import atomic_write_bytes, atomic_write_text
+from coalora.quant.nf import FAMILIES, block_codes, block_values, block_view, double_quantize_scales
 from coalora.quant.setting import QuantSetting, all_settings
 from coalora.space import ConfigSpace
 
@@ -67,13 +66,12 @@ class CostTable:
         """Write `<stem>.safetensors` and `<stem>.json` atomically into `folder`; -> the .json path."""
         from safetensors.torch import save
 
-        from coalora.io import atomic_write_text
         from coalora.version import code_version
 
         folder = Path(folder)
         idx = torch.tensor([s.to_indices() for s in self.settings], dtype=torch.int64)
         blob = save({"errors": self.errors.to(torch.float64).contiguous(), "setting_indices": idx})
-        _atomic_write_bytes(folder / f"{self.stem}.safetensors", blob)
+        atomic_write_bytes(folder / f"{self.stem}.safetensors", blob)
         meta = {
             "format": COSTS_FORMAT,
             "model": self.space.model_name,
@@ -86,22 +84,7 @@ class CostTable:
             "code_version": code_version(),
             **self.meta,
         }
-        out = atomic_write_text(folder / f"{self.stem}.json", json.dumps(meta, indent=1) + "\n")
-        out.chmod(0o644)  # atomic_write_text leaves mkstemp's owner-only mode
-        return out
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; this is an ordinary shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return atomic_write_text(folder / f"{self.stem}.json", json.dumps(meta, indent=1) + "\n")
 
 
 def cache_stem(space: ConfigSpace, weighting: str, family: str) -> str:
@@ -183,11 +166,8 @@ _CHUNK = 64  # sampling unit: a multiple of every block size (16, 32, 64)
 
 def _matrix_errors(w: torch.Tensor, fisher: torch.Tensor | None, settings: tuple[QuantSetting, ...],
                    family: str, sample: float, g: torch.Generator) -> torch.Tensor:
-    """-> (n_settings,) float64 error of one matrix. Uses the quantizer's own primitives
+    """-> (n_settings,) float64 error of one matrix. Uses the quantizer's own functions
     (coalora.quant.nf) so that sample=1 equals fake_quantize exactly (tested)."""
-    from coalora.quant.nf import _blocks, _codebook, _group_expand, _nearest_level, _scale_from_codes
-    from coalora.quant.setting import SCALE_FORMAT_DTYPE
-
     n = w.numel()
     n_chunks = n // _CHUNK
     if sample >= 1.0 or n % _CHUNK:  # exact when asked, or when chunks do not tile the matrix
@@ -201,8 +181,8 @@ def _matrix_errors(w: torch.Tensor, fisher: torch.Tensor | None, settings: tuple
     for j, st in enumerate(settings):
         b0 = st.block_size
         if b0 not in per_b0:
-            blocks = _blocks(w, b0)  # (nb, B0)
-            fb = None if fisher is None else _blocks(fisher, b0)
+            blocks = block_view(w, b0)  # (nb, B0)
+            fb = None if fisher is None else block_view(fisher, b0)
             if chunks is None:
                 rows = torch.arange(blocks.shape[0])
             else:
@@ -210,21 +190,10 @@ def _matrix_errors(w: torch.Tensor, fisher: torch.Tensor | None, settings: tuple
                 rows = (chunks[:, None] * per + torch.arange(per)).reshape(-1)  # (k * per,)
             per_b0[b0] = (blocks.abs().amax(dim=1), blocks[rows], rows, None if fb is None else fb[rows])
         s, sel, rows, fsel = per_b0[b0]
-        nb = s.shape[0]
-        # Double-quantized scales, as in coalora.quant.nf._encode (whole matrix: exact).
-        b1, grp = st.scale_bits, st.scale_block_size
-        offset = s.min().reshape(1)
-        dev = s - offset
-        ng = -(-nb // grp)
-        t = torch.nn.functional.pad(dev, (0, ng * grp - nb)).view(ng, grp).amax(dim=1)
-        t_exp = _group_expand(t.to(SCALE_FORMAT_DTYPE[st.scale_format]).to(torch.float32), grp, nb)
-        levels = float(2**b1 - 1)
-        safe_t = torch.where(t_exp > 0, t_exp, torch.ones_like(t_exp))
-        q = torch.where(t_exp > 0, (dev * levels / safe_t).round(), torch.zeros_like(dev)).clamp_(0, levels)
-        s_hat = _scale_from_codes(q, t_exp, offset, b1)[rows]  # (n_sel,)
-        denom = torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))
-        codes = _nearest_level(sel / denom[:, None], st.bits, family)
-        d2 = (sel - _codebook(st.bits, family)[codes] * s_hat[:, None]).square_()
+        # Scales from the whole matrix (exact even when sampling), then the sampled blocks.
+        s_hat = double_quantize_scales(s, st)[3][rows]  # (n_sel,)
+        codes = block_codes(sel, s_hat, st.bits, family)
+        d2 = (sel - block_values(codes, s_hat, st.bits, family)).square_()
         if fsel is not None:
             d2.mul_(fsel)
         out[j] = d2.sum(dtype=torch.float64) * factor
@@ -246,9 +215,9 @@ def load_costs(space: ConfigSpace, weighting: str = "mse", family: str = "nf",
         if not (meta_path.exists() and blob_path.exists()):
             continue
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != COSTS_FORMAT or meta.get("fingerprint") != space.fingerprint:
-            raise ModelMismatchError(f"cost table {meta_path} does not belong to model {space.model_name!r} "
-                                     f"(fingerprint {meta.get('fingerprint')} != {space.fingerprint})")
+        if meta.get("format") != COSTS_FORMAT:
+            raise ConfigError(f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {COSTS_FORMAT!r}")
+        space.check_fingerprint(meta.get("fingerprint", ""), f"cost table {str(meta_path)!r}", meta.get("model"))
         t = load_file(str(blob_path))
         settings = tuple(QuantSetting.from_indices(r) for r in t["setting_indices"].tolist())
         extra = {k: v for k, v in meta.items() if k in ("seconds", "calibration", "code_version", "torch_threads", "sample", "seed")}

@@ -78,7 +78,7 @@ def test_gp_rejects_configurations_of_another_model(fitted):
     from coalora.space import ConfigSpace
 
     other = ConfigSpace.from_model(make_tiny_llama(n_layers=3), "other")
-    with pytest.raises(ModelMismatchError):
+    with pytest.raises(ModelMismatchError, match=f"made for model 'other' \\(fingerprint {other.fingerprint}\\)"):
         fitted.predict([other.preset("nf4")])
 
 
@@ -112,6 +112,11 @@ def test_predicted_front_respects_budgets_and_round_trips(fitted, tiny_space, tm
     assert data["points"][0]["lower"] == pytest.approx(means[0] - 2 * front.points[0].std)
     back = load_front(path, tiny_space)
     assert isinstance(back, PredictedFront) and [p.config for p in back.points] == [p.config for p in front.points]
+    # a front made for another model is refused, naming both
+    data["fingerprint"], data["model"] = "ffff", "other"
+    (tmp_path / "foreign.json").write_text(json.dumps(data))
+    with pytest.raises(ModelMismatchError, match=r"front .*foreign\.json.* made for model 'other' \(fingerprint ffff\)"):
+        load_front(tmp_path / "foreign.json", tiny_space)
 
 
 def test_allocate_gp_and_its_errors(fitted):

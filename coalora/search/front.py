@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from coalora.errors import ConfigError, ModelMismatchError
+from coalora.errors import ConfigError
 from coalora.search.acquisition import ExactBits, neighbours
 from coalora.search.gp import FIELD_SIZES, Surrogate, index_matrix
 from coalora.search.pareto import BITS_MIN
@@ -73,8 +73,7 @@ def load_front(path: str | Path, space: ConfigSpace) -> PredictedFront:
     data = json.loads(Path(path).read_text())
     if data.get("format") != FRONT_FORMAT:
         raise ConfigError(f"{path}: field 'format' is {data.get('format')!r}; expected {FRONT_FORMAT!r}")
-    if data.get("fingerprint") != space.fingerprint:
-        raise ModelMismatchError(f"{path} is a front for {data.get('model')!r}, not for {space.model_name!r}")
+    space.check_fingerprint(data.get("fingerprint", ""), f"the predicted front {str(path)!r}", data.get("model"))
     pts = tuple(FrontPoint(p["budget"], space.from_dict(p["config"]), p["mean"], p["std"]) for p in data["points"])
     meta = {k: v for k, v in data.items() if k not in ("format", "model", "fingerprint", "objective", "points", "band")}
     return PredictedFront(pts, space, data.get("objective", "f1"), meta)

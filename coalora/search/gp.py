@@ -1,4 +1,4 @@
-"""GP surrogate of f1 (task loss or error) over configurations (method.md section 5).
+"""GP surrogate of f1 (task loss or error) over configurations (docs/design.md, "Search").
 
 Input: each configuration's (n_matrices, 5) field indices, each divided by (its number of
 values - 1) so every entry lies in [0, 1], flattened to D = 5 * n_matrices columns.
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from coalora.errors import ConfigError, ModelMismatchError
+from coalora.errors import ConfigError
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
 from coalora.space import ConfigSpace, Configuration
 
@@ -28,11 +28,7 @@ FIELD_SIZES = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES], dtype=to
 def index_matrix(configs: Sequence[Configuration], space: ConfigSpace) -> torch.Tensor:
     """(n, 5 * n_matrices) long field indices; every configuration must belong to `space`."""
     for c in configs:
-        if c.space.fingerprint != space.fingerprint:
-            raise ModelMismatchError(
-                f"configuration for {c.space.model_name!r} (fingerprint {c.space.fingerprint}) does not "
-                f"belong to {space.model_name!r} (fingerprint {space.fingerprint})"
-            )
+        space.check_same(c)
     if not configs:
         return torch.zeros(0, 5 * space.n_matrices, dtype=torch.long)
     return torch.stack([c.encode().reshape(-1) for c in configs])

@@ -269,22 +269,73 @@ def test_eval_restores_the_callers_train_mode(lm):
         model.eval()
 
 
+def _continuation_logprob(model, tok, context: str, continuation: str) -> float:
+    """log P(continuation | context) straight from one forward pass's logits (float64 sum)."""
+    ic = tok(context)["input_ids"]
+    ix = tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ic + ix])).logits[0, len(ic) - 1 : -1]
+    return float(torch.log_softmax(logits.double(), -1).gather(-1, torch.tensor(ix)[:, None]).sum())
+
+
+def _by_hand(model, tok, prompt: ChoicePrompt) -> tuple[float, float]:
+    """(correct by log-likelihood per continuation byte, correct by the raw sum) of one question."""
+    raw = [_continuation_logprob(model, tok, c, x) for c, x in zip(prompt.contexts, prompt.continuations)]
+    norm = [r / len(x.encode()) for r, x in zip(raw, prompt.continuations)]
+    return float(norm.index(max(norm)) == prompt.label), float(raw.index(max(raw)) == prompt.label)
+
+
 def test_choice_scores_report_normalised_and_raw_correctness(lm):
-    """acc_norm divides by continuation bytes; with equal-byte-length continuations it must agree
-    with the raw-sum argmax, and with unequal lengths both flags are still 0/1 per question."""
+    """acc_norm divides by continuation bytes, acc uses the raw sum: both equal a by-hand
+    computation from the model's logits, including a question where they disagree."""
     model, tok = lm
     ctx = lambda: scoring.compute_context("fp32", torch.device("cpu"))  # noqa: E731
     same = [ChoicePrompt(("The sky is",) * 3, (" red", " tan", " six"), 0),
             ChoicePrompt(("Cats like",) * 2, (" milk", " rust"), 1)]
-    for norm, raw in harness._score_choice(model, tok, same, ctx):
-        assert norm == raw and norm in (0.0, 1.0)
+    got = harness._score_choice(model, tok, same, ctx)
+    assert got == [_by_hand(model, tok, p) for p in same]
+    assert all(norm == raw for norm, raw in got)  # equal byte lengths: the same argmax
+    # " b" (2 bytes, log-likelihood -11.5 = -5.76 per byte) against a 27-byte continuation
+    # (-151.0 = -5.59 per byte): the raw sum picks " b" (the label), per byte the other.
     mixed = [ChoicePrompt(("A",) * 2, (" b", " a much longer continuation"), 0)]
-    [(norm, raw)] = harness._score_choice(model, tok, mixed, ctx)
-    assert {norm, raw} <= {0.0, 1.0}
+    assert _by_hand(model, tok, mixed[0]) == (0.0, 1.0)
+    assert harness._score_choice(model, tok, mixed, ctx) == [(0.0, 1.0)]
 
 
 def test_multiple_choice_estimate_carries_unnormalised_accuracy(lm):
     model, tok = lm
     est = quick_eval(model, tok, "piqa", n=12, dtype="fp32")
-    assert 0.0 <= est.extra["acc_unnormalized"] <= 1.0
     assert est.metric == "accuracy" and est.n == 12
+    rows = load_split("piqa", "test").head(12).rows  # quick_eval's rows: the seeded order's first 12
+    hand = [_by_hand(model, tok, make_prompt("piqa", r)) for r in rows]
+    k_norm, k_raw = sum(h[0] for h in hand), sum(h[1] for h in hand)
+    assert list(est.scores) == [h[0] for h in hand]
+    assert est.value == k_norm / 12 and est.extra["acc_unnormalized"] == k_raw / 12
+    assert est.stderr == pytest.approx(math.sqrt(k_norm / 12 * (1 - k_norm / 12) / 12), rel=1e-12)
+
+
+def test_label_accuracy_and_stderr_on_a_model_whose_predictions_are_known(lm):
+    """A model that always prefers ' negative': accuracy = share of negative rows, stderr
+    sqrt(p (1 - p) / n), all counted by hand from the labels."""
+    _, tok = lm
+    neg = tok(" negative", add_special_tokens=False)["input_ids"][0]
+
+    class AlwaysNegative(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None, **kwargs):
+            logits = torch.zeros(*input_ids.shape, VOCAB)
+            logits[..., neg] = 5.0
+            return type("Out", (), {"logits": logits})()
+
+    split = load_split("sst2", "test").head(20)
+    prompts = [make_prompt("sst2", r) for r in split.rows]
+    neg_label = prompts[0].label_words.index(" negative")
+    k = sum(p.label == neg_label for p in prompts)
+    assert 0 < k < 20  # both labels occur in the first 20 rows
+    est = full_eval_on(AlwaysNegative(), tok, split)
+    assert est.value == k / 20
+    assert est.stderr == pytest.approx(math.sqrt(k / 20 * (1 - k / 20) / 20), rel=1e-12)
+    assert list(est.scores) == [float(p.label == neg_label) for p in prompts]

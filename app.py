@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
                          "as result records to PATH (default assets/front/baselines.json) and exit")
     args = ap.parse_args(argv)
 
+    if "GRADIO_TEMP_DIR" not in os.environ:  # gradio's cache inside our process folder: gone at exit
+        from coalora.tmp import process_tmp
+
+        os.environ["GRADIO_TEMP_DIR"] = str(process_tmp() / "gradio")
     from ui.layout import build_app
 
     engine = load_engine(os.environ)

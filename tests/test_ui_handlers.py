@@ -279,3 +279,22 @@ def test_a_newer_edit_supersedes_the_running_evaluation(lm_engine, monkeypatch):
     assert "final" in outs[-1][2]
     assert [p["config_hash"] for p in st.points] == [engine.preset("nf8").hash]
     assert (st.points[0]["n"], st.points[0]["value"], st.points[0]["stderr"]) == alone[-1]
+
+
+def test_downloads_are_bounded_and_records_name_no_server_path(engine, tmp_path):
+    """Each kind of download keeps only its newest files (the app never grows its disk), and an
+    evaluation's record names the checkpoint by name and sha256, never by a server path."""
+    from ui import downloads
+
+    paths = [downloads.write_text(tmp_path, "t.csv", str(i)) for i in range(downloads.KEEP["tables"] + 5)]
+    left = sorted((tmp_path / "tables").rglob("t.csv"))
+    assert len(left) == downloads.KEEP["tables"] and paths[-1] in left and paths[0] not in left
+    cfg = engine.preset("nf3")
+    first = downloads.write_config(tmp_path, cfg)
+    assert downloads.write_config(tmp_path, cfg) == first  # the same configuration reuses its file
+    for _ in range(downloads.KEEP["exports"] + 1):
+        downloads.export_folder(tmp_path)
+    assert len(list((tmp_path / "exports").iterdir())) == downloads.KEEP["exports"]
+    rec = engine.evaluate_final(cfg)
+    assert rec.checkpoint.startswith("ckpt@sha256:") and len(rec.checkpoint.split(":")[1]) == 16
+    assert "/ckpt" not in rec.to_json()  # the checkpoint folder's path appears nowhere

@@ -1,15 +1,12 @@
-"""The app's engine: a thin facade over one shared model (lock, model, evaluate). No gradio.
-
-Everything else lives where it belongs: configuration views in coalora.space, baselines
-files in coalora.results, allocation in coalora.search.allocate, the front and the GP in
-coalora.search.predictor, export zips in coalora.export, plot data in ui.plots, and the
-environment is read by app.py alone (docs/design.md, "App").
+"""The app's engine: a thin facade over one shared model (lock, model, evaluate). No gradio;
+everything else lives in coalora (allocation, predictor, results, export) or ui/ (plots,
+downloads), and app.py alone reads the environment (docs/design.md, "App").
 
 Concurrency: one lock guards the shared model. An evaluation holds it for ONE chunk of the
-streamed quick eval at a time (never across a yield to the caller) and re-applies its own
-configuration before each chunk, so requests interleave but every chunk is scored under the
-configuration of the request that asked for it: two clients at once each get exactly what
-they would get alone, and an abandoned evaluation never holds the lock.
+streamed quick eval at a time (never across a yield) and re-applies its own configuration
+before each chunk, so every chunk is scored under the configuration of the request that
+asked for it (two clients each get exactly their solo result) and an abandoned evaluation
+never holds the lock.
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ from typing import Any, Iterator, Sequence
 
 from coalora.errors import ConfigError
 from coalora.lora import LoadedModel
+from coalora.models import DEFAULT_MODEL, EMBEDDED
 from coalora.results import ResultRecord, latest_per_config
-from coalora.search.allocate import METHODS as ALLOCATION_METHODS
 from coalora.search.allocate import allocate
 from coalora.search.predictor import Predictor
 from coalora.space import Configuration
@@ -35,7 +32,6 @@ DEFAULT_FRONT = ROOT / "assets" / "front" / "default.json"
 DEFAULT_BASELINES = ROOT / "assets" / "front" / "baselines.json"
 DEFAULT_POOL = ROOT / "assets" / "front" / "pool.json"
 BASELINE_PRESETS = ("nf2", "nf3", "nf4", "nf8")
-__all__ = ["ALLOCATION_METHODS", "DEFAULT_BASELINES", "Engine", "EngineInfo"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,11 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.model)
         self.predictor, self.costs, self.baselines_path = predictor, costs, baselines_path
         self.notices = list(notices) + (predictor.notices if predictor is not None else [])
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="coalora-app-"))
+        if workdir is None:  # inside this process's temp folder: removed at exit, swept after a crash
+            from coalora.tmp import process_tmp
+
+            workdir = Path(tempfile.mkdtemp(prefix="app-", dir=process_tmp()))
+        self.workdir = Path(workdir)
         self._applied: str | None = None  # hash of the configuration now in the model
         self._baselines: list[ResultRecord] | None = None
 
@@ -87,11 +87,10 @@ class Engine:
         table, and a Predictor on `front_path` and the first existing file of `pool_paths`
         (None: the checkpoint's pool.json, then the shipped pool)."""
         from coalora.lora import load_for_eval, read_metadata
-        from coalora.models import DEFAULT_MODEL
         from coalora.search.costs import load_costs
 
         folder = read_metadata(checkpoint)[0] if checkpoint is not None else None
-        if model_name is None:
+        if model_name is None:  # the checkpoint's base, or the embedded default model
             model_name = read_metadata(folder)[1]["base_model"]["name"] if folder is not None else DEFAULT_MODEL
         loaded = load_for_eval(checkpoint, model_name)
         kwargs.setdefault("costs", load_costs(loaded.model.space))
@@ -102,8 +101,6 @@ class Engine:
         return cls(loaded, model_name, predictor=predictor, **kwargs)
 
     def info(self) -> EngineInfo:
-        from coalora.models import EMBEDDED
-
         em = EMBEDDED.get(self.model_name)
         p = self.predictor
         return EngineInfo(
@@ -165,10 +162,7 @@ class Engine:
             it.close()
 
     def evaluate_final(self, config: Configuration, adapter: bool = True) -> ResultRecord:
-        rec = None
-        for rec in self.evaluate(config, adapter):
-            pass
-        assert rec is not None, "the quick eval yielded no estimate"
+        *_, rec = self.evaluate(config, adapter)
         return rec
 
     # ---- baselines: the quantized base without adapter at uniform presets ----------------------
@@ -193,12 +187,13 @@ class Engine:
         return recs
 
     # ---- downloads ----------------------------------------------------------------------------
-    def export_zip(self, config: Configuration) -> Path:
-        """A zip of the peft adapter folder for `config` plus its configuration JSON -> path."""
+    def export_zip(self, config: Configuration, folder: Path) -> Path:
+        """A zip of the peft adapter folder for `config` plus its configuration JSON, written
+        into `folder` (a fresh one, see ui.downloads) -> path."""
         if not self.model.has_adapter:
             raise ConfigError("no trained adapter is loaded, so there is no adapter to export; "
                               "download the configuration JSON instead")
         from coalora.export import export_zip
 
         with self.lock:
-            return export_zip(self.model, config, tempfile.mkdtemp(dir=self.workdir), self.model_name)
+            return export_zip(self.model, config, folder, self.model_name)

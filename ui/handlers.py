@@ -21,10 +21,8 @@ import gradio as gr
 from coalora.errors import CoaloraError
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
 from coalora.space import ATTENTION_TYPES, MLP_TYPES, Configuration
-import tempfile
-from pathlib import Path
-
 from coalora.errors import ConfigError
+from ui import downloads
 from ui.engine import Engine
 from ui.plots import MB, front_line, points_table, result_figure
 from ui.state import SessionState
@@ -57,19 +55,6 @@ def parse_config(engine: Engine, data: str | bytes, source: str = "configuration
     if not text.strip():
         raise ConfigError(f"{source} is empty; give a configuration JSON object (format coalora.configuration/v1)")
     return engine.space.loads(text, source=source)
-
-
-def write_config(engine: Engine, config: Configuration) -> Path:
-    """The configuration JSON as a file for download (in the engine's workdir) -> path."""
-    path = engine.workdir / f"configuration-{config.hash}.json"
-    return path if path.exists() else config.save(path)
-
-
-def write_text(engine: Engine, name: str, text: str) -> Path:
-    """A text download (in a fresh folder of the engine's workdir) -> path."""
-    path = Path(tempfile.mkdtemp(dir=engine.workdir)) / name
-    path.write_text(text)
-    return path
 
 
 def snap_bits(value: float) -> int:
@@ -123,7 +108,7 @@ def control_values(config: Configuration) -> list[Any]:
 
 def config_outputs(engine: Engine, state: SessionState, config: Configuration) -> list[Any]:
     """[state, size line, download path, *control values] after a configuration change."""
-    return [_set(state, config), size_line(config), str(write_config(engine, config)), *control_values(config)]
+    return [_set(state, config), size_line(config), str(downloads.write_config(engine.workdir, config)), *control_values(config)]
 
 
 # ---- edits ---------------------------------------------------------------------------------
@@ -267,12 +252,12 @@ def table_csv(engine: Engine, state: SessionState) -> str:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else TABLE_HEADERS)
     w.writeheader()
     w.writerows(rows)
-    return str(write_text(engine, "coalora-session-points.csv", buf.getvalue()))
+    return str(downloads.write_text(engine.workdir, "coalora-session-points.csv", buf.getvalue()))
 
 
 def export(engine: Engine, state: SessionState) -> str:
     try:
-        return str(engine.export_zip(current_config(engine, state)))
+        return str(engine.export_zip(current_config(engine, state), downloads.export_folder(engine.workdir)))
     except CoaloraError as e:
         raise _err(e) from None
 

@@ -14,8 +14,10 @@ import gradio as gr
 
 from coalora.search.pareto import BITS_MAX, BITS_MIN
 from coalora.space import PRESET_HELP, PRESETS
+from ui import downloads
 from ui import handlers as h
-from ui.engine import ALLOCATION_METHODS, Engine
+from coalora.search.allocate import METHODS as ALLOCATION_METHODS
+from ui.engine import Engine
 from ui.state import SessionState
 
 GROUP = 5  # block sliders per accordion
@@ -44,7 +46,9 @@ def build_app(engine: Engine) -> gr.Blocks:
     values0 = h.control_values(nf4)
     eval_kw = dict(concurrency_limit=4, concurrency_id="eval", api_visibility="private")
 
-    with gr.Blocks(title="coalora: configuration-aware LoRA") as demo:
+    # Gradio keeps a copy of every served download in its cache: delete copies older than an
+    # hour, checked every 10 minutes (our own files are bounded by ui.downloads.KEEP).
+    with gr.Blocks(title="coalora: configuration-aware LoRA", delete_cache=(600, 3600)) as demo:
         state = gr.State(SessionState())
         gr.Markdown("# CoA-LoRA: one adapter for any per-layer quantization\nPick bits per block (or a bit budget); "
                     "the adapter for that configuration is made instantly and scored by a streamed quick eval.")
@@ -79,7 +83,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                               for i, f in enumerate(h.ADVANCED_FIELDS)]
                 with gr.Row():
                     upload = gr.UploadButton("Upload configuration JSON", file_types=[".json"], size="sm")
-                    download = gr.DownloadButton("Download configuration JSON", value=str(h.write_config(engine, nf4)), size="sm")
+                    download = gr.DownloadButton("Download configuration JSON", value=str(downloads.write_config(engine.workdir, nf4)), size="sm")
                 evaluate_btn = gr.Button("Evaluate current configuration", variant="primary")
             with gr.Column(scale=3):
                 status = gr.Markdown("No evaluation yet: move a slider, pick a preset or a budget.", elem_id="status")

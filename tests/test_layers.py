@@ -18,8 +18,8 @@ PKG = Path(__file__).resolve().parents[1] / "coalora"
 def _imports(path: Path, prefix: str = "coalora.") -> list[str]:
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.append(node.module)
+        if isinstance(node, ast.ImportFrom) and node.module:  # `from coalora import x` imports coalora.x
+            out += [f"{node.module}.{a.name}" for a in node.names] if node.module == "coalora" else [node.module]
         elif isinstance(node, ast.Import):
             out += [a.name for a in node.names]
     return [m for m in out if m == prefix.rstrip(".") or m.startswith(prefix)]

@@ -1,5 +1,5 @@
 """Multiple-choice scoring variants on the real model (why our PIQA / ARC-Easy differ from
-the reference numbers in resources.md). Not a test; prints one line per run.
+the reference numbers in docs/results.md, "Zero-shot accuracy of the base model"). Not a test; prints one line per run.
 
     .venv/bin/python bench/mc_variants.py piqa 200 qa      # our prompt "Question: ...\\nAnswer:"
     .venv/bin/python bench/mc_variants.py piqa 200 plain   # the bare goal as context

@@ -1,7 +1,7 @@
 """Export one configuration of a CoaLoraModel as a standard peft LoRA adapter folder.
 
 Since M_i = I + U_i sits between B and A, the configuration's adapter is an ordinary LoRA
-with B'_i = B_i M_i (method.md section 1). OUT gets:
+with B'_i = B_i M_i (docs/design.md, "Algorithm"). OUT gets:
   adapter_config.json          peft LoraConfig (r, lora_alpha, target module types)
   adapter_model.safetensors    lora_A / lora_B' weights under peft's key names
   configuration.json           the quantization configuration (coalora format)

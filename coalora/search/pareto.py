@@ -1,4 +1,4 @@
-"""Non-dominated filtering, segmented Pareto selection (method.md section 5) and hypervolume.
+"""Non-dominated filtering, segmented Pareto selection (docs/design.md, "Search") and hypervolume.
 
 Convention: both objectives are MINIMISED here (f1 = task loss or error, f2 = avg_bits);
 `hypervolume` alone takes accuracy (maximised), because that is what comparison tables show.

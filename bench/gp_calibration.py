@@ -108,7 +108,8 @@ def main() -> int:
     from coalora.lora import load_checkpoint, read_metadata
     from coalora.search.gp import fit_surrogate
     from coalora.search.loop import Pool
-    from coalora.search.objective import DevObjective, describe, dev_batch
+    from coalora.search.objective import describe, dev_batch
+    from coalora.train.objective import dev_objective
     from coalora.version import code_version
 
     folder, meta = read_metadata(args.checkpoint)
@@ -128,8 +129,8 @@ def main() -> int:
     configs = [c for c, _ in held]
     mean, std = gp.predict(configs)
     _, std_pred = gp.predict(configs, observation_noise=True)
-    objective = DevObjective(model, tok, split, header["objective"], args.dtype,
-                             max_length=int(((meta.get("training") or {}).get("args") or {}).get("max_length", 128)))
+    objective = dev_objective(model, tok, split, header["objective"], args.dtype,
+                              max_length=int(((meta.get("training") or {}).get("args") or {}).get("max_length", 128)))
     measured = []
     for c in tqdm(configs, desc="measure held-out", unit="config", file=sys.stderr):
         measured.append(objective([c])[0])

@@ -122,10 +122,11 @@ def initial_configs(space, meta: dict[str, Any], budgets: list[float]) -> tuple[
 def run(args: argparse.Namespace) -> int:
     from coalora.data import task_spec
     from coalora.lora import load_checkpoint, read_metadata
-    from coalora.results import ResultRecord, append_record
+    from coalora.results import append_record
     from coalora.search.front import predicted_front, PredictedFront
     from coalora.search.loop import Pool, search
-    from coalora.search.objective import DevObjective, describe, dev_batch
+    from coalora.search.objective import describe, dev_batch
+    from coalora.train.objective import dev_objective
 
     t0 = time.perf_counter()
     if args.iterations < 0:
@@ -156,21 +157,16 @@ def run(args: argparse.Namespace) -> int:
     pool = Pool.load(pool_path, space) if pool_path.exists() else Pool(space)
     n_before = len(pool)
     initial, initial_source = ([], "none (--no-initial)") if args.no_initial else initial_configs(space, meta, budgets)
-    objective = DevObjective(model, tok, split, args.objective, args.dtype,
-                             max_length=int((training.get("args") or {}).get("max_length", 128)),
-                             progress=not args.json)
-    method = training.get("method", "coalora")
+    # The objective builds each point's ResultRecord (ResultRecord.from_estimate) with these stamps.
+    objective = dev_objective(model, tok, split, args.objective, args.dtype,
+                              max_length=int((training.get("args") or {}).get("max_length", 128)),
+                              progress=not args.json, method=training.get("method", "coalora"),
+                              checkpoint=str(folder),
+                              extra={"source": "coalora search", "search_seed": args.seed, "checkpoint_sha256": sha})
 
     def on_evaluated(configs, values) -> None:
-        for m in objective.last:
-            c = m.config
-            append_record(args.records, ResultRecord(
-                task=task, metric=m.metric, value=m.value, stderr=m.stderr, n=m.n, model=space.model_name,
-                method=method, checkpoint=str(folder), config_hash=c.hash, config=c.to_dict(),
-                avg_bits=c.avg_bits, packed_bytes=c.packed_bytes, seed=split_seed, split=split.manifest,
-                split_hash=split.manifest_hash, seconds=round(m.seconds, 3), dtype=m.dtype,
-                extra={"part": "dev", "source": "coalora search", "f1": m.f1, "objective": args.objective,
-                       "search_seed": args.seed, "checkpoint_sha256": sha}))
+        for record in objective.last:
+            append_record(args.records, record)
         pool.save(pool_path, pool_meta)  # after every batch: an interrupted search keeps its points
 
     result = search(objective, space, initial=initial, iterations=args.iterations, batch_size=args.batch,

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from coalora.errors import ConfigError, ModelMismatchError
+from coalora.metrics import to_error
 from coalora.search.acquisition import propose
 from coalora.search.gp import Surrogate, fit_surrogate
 from coalora.search.pareto import BITS_MAX, BITS_MIN, DEFAULT_SEGMENTS, segmented_pareto
@@ -170,11 +171,6 @@ def search(
     return SearchResult(pool, select(pool, n_segments), surrogate, history)
 
 
-# Metrics where higher is better: f1 = 1 - value. Anything else (loss, nll, perplexity,
-# bits per byte) is used as is.
-_ACCURACY_METRICS = ("accuracy", "acc", "acc_norm", "f1_score", "matthews")
-
-
 def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = None) -> Pool:
     """A Pool from result records (JSON lines) or a saved Pool (POOL_FORMAT JSON).
 
@@ -182,8 +178,8 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
     JSON object, or "config_path": a preset name or a file, relative to the records file),
     "metric" and "value"; "task" when the file mixes tasks. Records without a configuration
     (the unquantized model) are skipped.
-    f1 = 1 - value for accuracy-like metrics, else value. Records for another model raise
-    ModelMismatchError.
+    f1 = coalora.metrics.to_error(metric, value): 1 - value for accuracy-like metrics, else
+    value. Records for another model raise ModelMismatchError.
     """
     path = Path(path)
     try:
@@ -230,7 +226,7 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
         if "value" not in r:
             raise ConfigError(f"{path}: a record has no 'value'")
         v = float(r["value"])
-        pool.add([cfg], [1.0 - v if str(r.get("metric", "")).lower() in _ACCURACY_METRICS else v])
+        pool.add([cfg], [to_error(str(r.get("metric", "")), v)])
     if len(pool) == 0:
         raise ConfigError(f"{path} holds no result records" + (f" for task {task!r}" if task else ""))
     return pool

@@ -3,13 +3,17 @@ model under each configuration, on a fixed batch of a task's `dev` part.
 
     obj = DevObjective(model, tokenizer, dev_batch("sst2", 64))  # model: a CoaLoraModel
     f1 = obj(configs)                                           # list[float], lower is better
-    obj.last                                                    # Measurement per config
+    obj.last                                                    # one ResultRecord per config
 
-kind "error": the harness metric on the batch (coalora.eval.iter_eval): f1 = 1 - accuracy
-for label and multiple-choice tasks, bits per byte for lambada. It is exactly what
-`coalora eval --part dev` reports, but coarse (steps of 1/n_rows).
-kind "loss": the training loss on the same rows (the trainer's f1: next-token
-cross-entropy on the gold label token / continuation), smooth but not a task metric.
+How one configuration is measured is a `Measurer`: a callable that scores the model (already
+set to the configuration) and returns an eval Estimate. f1 = coalora.metrics.to_error of it.
+
+kind "error" (built in): the harness metric on the batch (coalora.eval.iter_eval): f1 =
+1 - accuracy for label and multiple-choice tasks, bits per byte for lambada. It is exactly
+what `coalora eval --part dev` reports, but coarse (steps of 1/n_rows).
+kind "loss": the training loss on the same rows, smooth but not a task metric. Its measurer
+is training code and lives with the trainer (loss_objective in train/objective.py builds
+this class with it), so this package never imports training code (docs/design.md, "Search").
 The batch is fixed (the first n_rows of the part's seeded order), so the measurement is
 deterministic: repeated evaluation of one configuration gives the same value.
 """
@@ -17,32 +21,22 @@ deterministic: repeated evaluation of one configuration gives the same value.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from coalora.data import Split
 from coalora.errors import ConfigError
+from coalora.metrics import to_error
+from coalora.results import ResultRecord
 from coalora.space import Configuration
+
+if TYPE_CHECKING:
+    from coalora.eval.harness import Estimate
 
 OBJECTIVES = ("error", "loss")
 DEFAULT_DEV_ROWS = 64
-_HIGHER_IS_BETTER = ("accuracy",)
 
-
-@dataclass(frozen=True)
-class Measurement:
-    """One configuration measured on the dev batch: f1 (to minimise) and the raw metric."""
-
-    config: Configuration
-    f1: float
-    metric: str
-    value: float
-    stderr: float
-    n: int
-    seconds: float
-    dtype: str
+# Scores the model, already set to the given configuration, -> an eval Estimate.
+Measurer = Callable[[Configuration], "Estimate"]
 
 
 def dev_batch(task: str, n_rows: int | None = None, split_seed: int = 0) -> Split:
@@ -63,52 +57,51 @@ def describe(split: Split, kind: str) -> dict[str, Any]:
             "split_seed": split.seed, "split_hash": split.manifest_hash}
 
 
+def error_measurer(model: Any, tokenizer: Any, split: Split, dtype: str = "auto") -> Measurer:
+    """The "error" kind: the harness metric of `model` on all of `split` in one pass."""
+    from coalora.eval import iter_eval
+
+    def measure(config: Configuration) -> "Estimate":
+        return next(iter(iter_eval(model, tokenizer, split, dtype=dtype, stream=False)))
+
+    return measure
+
+
 class DevObjective:
     """Callable f1 of `model` (a CoaLoraModel) on `split` (see dev_batch).
 
-    max_length bounds the token length of the "loss" examples (the trainer's --max-length).
+    measurer: how one configuration is scored; None -> the built-in "error" measurer (only
+    for kind "error"; the "loss" kind's is loss_measurer in train/objective.py).
+    method / checkpoint / extra: stamped on every ResultRecord in `last`.
     """
 
-    def __init__(self, model, tokenizer, split: Split, kind: str = "error", dtype: str = "auto",
-                 max_length: int = 128, progress: bool = False):
+    def __init__(self, model: Any, tokenizer: Any, split: Split, kind: str = "error", dtype: str = "auto",
+                 progress: bool = False, measurer: Measurer | None = None, *, method: str = "coalora",
+                 checkpoint: str | None = None, extra: Mapping[str, Any] | None = None):
         self.description = describe(split, kind)  # also validates `kind`
-        self.split, task = split, split.task
-        self.model, self.tokenizer, self.task, self.kind = model, tokenizer, task, kind
-        self.dtype, self.progress = dtype, progress
-        self.last: list[Measurement] = []
-        self._batch: dict[str, torch.Tensor] | None = None
-        if kind == "loss":
-            from coalora.train.examples import collate, lm_examples, pad_id_of, task_examples
+        if measurer is None:
+            if kind != "error":
+                raise ConfigError(f"objective {kind!r} needs a measurer (loss_objective in train/objective.py builds one)")
+            measurer = error_measurer(model, tokenizer, split, dtype)
+        self.split, self.task, self.kind = split, split.task, kind
+        self.model, self.tokenizer, self.dtype, self.progress = model, tokenizer, dtype, progress
+        self.measurer = measurer
+        self.method, self.checkpoint, self.extra = method, checkpoint, dict(extra or {})
+        self.last: list[ResultRecord] = []
 
-            maker = lm_examples if self.split.kind == "lm" else task_examples
-            examples = maker(self.split, tokenizer, max_length)
-            if not examples:
-                raise ConfigError(f"the {len(self.split)} dev rows of {task!r} give no loss examples at max_length {max_length}")
-            self._batch = collate(examples, pad_id_of(tokenizer))
-
-    def _one(self, config: Configuration) -> Measurement:
+    def _one(self, config: Configuration) -> ResultRecord:
         t0 = time.perf_counter()
         self.model.set_configuration(config)
-        if self.kind == "loss":
-            from coalora.train.trainer import masked_loss
+        est = self.measurer(config)
+        # seconds: switching the configuration plus scoring, the cost of one search point.
+        return ResultRecord.from_estimate(
+            est, config=config, model=self.model.space.model_name, split=self.split, method=self.method,
+            checkpoint=self.checkpoint, seconds=round(time.perf_counter() - t0, 3),
+            extra={"part": self.split.part, **self.extra, "f1": to_error(est.metric, est.value), "objective": self.kind})
 
-            was = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    loss = float(masked_loss(self.model, self._batch))
-            finally:
-                self.model.train(was)
-            return Measurement(config, loss, "loss", loss, float("nan"), len(self.split),
-                               time.perf_counter() - t0, "fp32")
-        from coalora.eval import iter_eval
-
-        est = next(iter(iter_eval(self.model, self.tokenizer, self.split, dtype=self.dtype, stream=False)))
-        f1 = 1.0 - est.value if est.metric in _HIGHER_IS_BETTER else est.value
-        return Measurement(config, f1, est.metric, est.value, est.stderr, est.n, time.perf_counter() - t0, est.dtype)
-
-    def measure(self, configs: Sequence[Configuration]) -> list[Measurement]:
-        """Measure each configuration (sets the model's configuration in turn)."""
+    def measure(self, configs: Sequence[Configuration]) -> list[ResultRecord]:
+        """Measure each configuration (sets the model's configuration in turn); f1 of each
+        record is `record.extra["f1"]`."""
         it: Any = configs
         if self.progress and len(configs) > 1:
             from tqdm import tqdm
@@ -118,4 +111,4 @@ class DevObjective:
         return self.last
 
     def __call__(self, configs: Sequence[Configuration]) -> list[float]:
-        return [m.f1 for m in self.measure(configs)]
+        return [r.extra["f1"] for r in self.measure(configs)]

@@ -25,6 +25,7 @@ import torch
 from coalora.errors import CoaloraError, ConfigError, OutputExistsError
 from coalora.train.args import TrainArgs
 from coalora.train.examples import Example, collate, lm_examples, pad_id_of, task_examples
+from coalora.train.objective import dev_losses, masked_loss
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -105,24 +106,6 @@ def _batch_indices(args: TrainArgs, n_examples: int, step: int, world: int, rank
     perm = torch.randperm(n_examples, generator=g)
     start = pos * global_bs + rank * args.batch_size
     return perm[start : start + args.batch_size].tolist()
-
-
-def masked_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not IGNORE."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()  # (B, T-1, V)
-    labels = batch["labels"][:, 1:]  # (B, T-1)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-
-@torch.no_grad()
-def dev_losses(model, configs, dev_batch: dict[str, torch.Tensor]) -> list[float]:
-    """The current adapted model's dev loss under each configuration (the search's f1)."""
-    out = []
-    for c in configs:
-        model.set_configuration(c)
-        out.append(float(masked_loss(model, dev_batch)))
-    return out
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:

@@ -114,6 +114,29 @@ def test_resume_continues_exactly(tiny_base, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_train_options_are_the_train_args_fields():
+    """Every TrainArgs field is an option of `coalora train` with the field's default and help
+    text, and every option (besides --resume/--force/--json) is a field."""
+    import argparse
+    from dataclasses import fields
+
+    from coalora.cli.train import _RUN_FLAGS, register, train_args
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    register(sub)
+    actions = {a.dest: a for a in sub.choices["train"]._actions if a.dest != "help"}
+    assert set(actions) == {f.name for f in fields(TrainArgs)} | set(_RUN_FLAGS)
+    for f in fields(TrainArgs):
+        assert f.metadata["help"] and actions[f.name].help, f.name
+    assert train_args(parser.parse_args(["train", "--out", "x"])) == TrainArgs(out="x")
+    argv = ["train", "--out", "x", "--no-search", "--bit-range", "3,6", "--shared-bits", "3,4", "--limit-rows", "8",
+            "--lr", "0.1", "--method", "lora", "--config", "nf3"]
+    assert train_args(parser.parse_args(argv)) == TrainArgs(
+        out="x", search=False, bit_range=(3.0, 6.0), shared_bits=(3.0, 4.0), limit_rows=8, lr=0.1, method="lora",
+        config="nf3")
+
+
 def test_run_folder_guards(tiny_base, tmp_path):
     args = small_args(tiny_base, tmp_path / "run", steps=2)
     train(args, progress=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from coalora.errors import ConfigError
@@ -12,50 +12,56 @@ RECIPES = ("task", "lm")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A TrainArgs field: its default and its `coalora train --help` text (metadata "help");
+    `cli` holds option details the type does not tell (choices, required)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class TrainArgs:
-    """Options of `coalora train` (the CLI's --help repeats these descriptions).
+    """Options of `coalora train`: each field's metadata["help"] is its --help text and its
+    default the option's default (coalora.cli.train builds the options from these fields;
+    docs/design.md, "Training")."""
 
-    method:        coalora = one LoRA + θ over a changing set of configurations (2 per step);
-                   lora = plain LoRA for ONE fixed configuration (`config`);
-                   shared = plain LoRA over fixed configurations at `shared_bits` (2 per step)
-    recipe:        task (supervised on the task's train split) or lm (next-token loss on LAMBADA)
-    steps:         optimiser steps (the same budget for every method makes a fair comparison)
-    epoch_steps:   steps per "epoch": the configuration search runs after each (coalora)
-    n_configs:     size of CoA-LoRA's initial training set (budgets evenly spread over bit_range)
-    search:        run the Pareto configuration search at each epoch end (coalora only)
-    """
-
-    model: str = "smollm2-135m"
-    task: str = "sst2"
-    method: str = "coalora"
-    out: str = "runs/default"
-    recipe: str = "task"
-    config: str | None = None
-    shared_bits: tuple[float, ...] = (2.5, 3.0, 3.5, 4.0)
-    n_configs: int = 12
-    bit_range: tuple[float, float] = (2.5, 7.25)
-    steps: int = 200
-    epoch_steps: int = 50
-    batch_size: int = 16
-    max_length: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    theta_hidden: int = 128
-    seed: int = 0
-    split_seed: int = 0
-    precision: str = "auto"
-    save_every: int = 50
-    search: bool = True
-    search_iterations: int = 2
-    search_batch: int = 4
-    dev_rows: int = 64
-    max_configs: int = 24
-    cache_gb: float = 4.0
-    limit_rows: int | None = None
+    model: str = _opt("smollm2-135m", "base model: an embedded name, a local model folder or a cached Hugging Face id")
+    task: str = _opt("sst2", "task whose train split is used (recipe task)")
+    method: str = _opt("coalora", "coalora: one LoRA + θ over a changing set of many configurations (2 per step); "
+                       "lora: plain LoRA for ONE fixed --config; shared: plain LoRA over fixed configurations at "
+                       "--shared-bits (2 per step)", choices=METHODS)
+    out: str = _opt("runs/default", "run folder (refused if it holds another run, unless --resume/--force)",
+                    required=True)
+    recipe: str = _opt("task", "task: supervised on the task's train split; lm: next-token loss on LAMBADA passages",
+                       choices=RECIPES)
+    config: str | None = _opt(None, "for --method lora, its one configuration")
+    shared_bits: tuple[float, ...] = _opt((2.5, 3.0, 3.5, 4.0), "for --method shared: comma-separated bit budgets "
+                                          "of its fixed configurations")
+    n_configs: int = _opt(12, "CoA-LoRA's initial training set size (budgets evenly spread over --bit-range)")
+    bit_range: tuple[float, float] = _opt((2.5, 7.25), "lo,hi: budgets of CoA-LoRA's initial training set are "
+                                          "spread evenly over this range, and the epoch-end search keeps its new "
+                                          "training set inside it")
+    steps: int = _opt(200, "optimiser steps (the same budget for every method makes a fair comparison)")
+    epoch_steps: int = _opt(50, "steps per epoch (search + dev eval after each)")
+    batch_size: int = _opt(16, "examples per step and process")
+    max_length: int = _opt(128, "tokens per example")
+    lr: float = _opt(5e-4, "AdamW learning rate (constant)")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    rank: int = _opt(16, "LoRA rank r")
+    alpha: float = _opt(32.0, "LoRA alpha (scaling alpha / r)")
+    dropout: float = _opt(0.0, "dropout on the adapter input")
+    theta_hidden: int = _opt(128, "θ's hidden width")
+    seed: int = _opt(0, "seed of initialisation, batch order and draws")
+    split_seed: int = _opt(0, "seed of the train/dev/test carving")
+    precision: str = _opt("auto", "auto: bf16 autocast where the CPU/GPU supports it, else fp32", choices=PRECISIONS)
+    save_every: int = _opt(50, "checkpoint every N steps (0: only at the end)")
+    search: bool = _opt(True, "CoA-LoRA's training set is replaced by the Pareto configuration search at each "
+                        "epoch end; --no-search keeps its initial set (the ablation)")
+    search_iterations: int = _opt(2, "GP rounds per epoch end")
+    search_batch: int = _opt(4, "configurations proposed per GP round")
+    dev_rows: int = _opt(64, "dev rows scoring candidates in the search")
+    max_configs: int = _opt(24, "cap on the training set after a search")
+    cache_gb: float = _opt(4.0, "memory for cached quantized weights")
+    limit_rows: int | None = _opt(None, "use only the first N train rows (smoke runs)")
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:

@@ -1,6 +1,6 @@
 """The training loop of CoA-LoRA and its baselines, on accelerate.
 
-One step (method.md section 4): one mini-batch; the configurations of the step (2 distinct
+One step (docs/design.md, "Training"): one mini-batch; the configurations of the step (2 distinct
 ones drawn from the current training set for coalora and shared, the fixed one for lora);
 forward + backward of the same batch under each (gradients summed); clip to 1.0; AdamW.
 At each epoch end (every `epoch_steps` steps) CoA-LoRA may replace its training set by the
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from coalora.errors import CoaloraError, ConfigError, OutputExistsError
+from coalora.errors import ConfigError, OutputExistsError
 from coalora.train.args import TrainArgs
 from coalora.train.examples import Example, collate, lm_examples, pad_id_of, task_examples
 from coalora.train.objective import dev_losses, masked_loss
@@ -113,6 +113,47 @@ def _log(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+@dataclass
+class TrainRun:
+    """Everything the phases of one run share (built by `setup`, advanced by `fit`).
+
+    inner is the unwrapped CoaLoraModel, ddp_model the same model as accelerate prepared it
+    (DDP in multi-process runs). dev_batch: input_ids / attention_mask / labels, each
+    (dev_rows, T), on the run's device. step, train_set and history change as `fit` runs."""
+
+    args: TrainArgs
+    accel: Any
+    out: Path
+    space: Any
+    inner: Any
+    ddp_model: Any
+    optimizer: torch.optim.Optimizer
+    examples: list[Example]
+    pad: int
+    dev_batch: dict[str, torch.Tensor]
+    recipe: dict[str, Any]
+    train_set: list
+    t_start: float
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.accel.is_main_process
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_FILE
+
+    def seconds(self) -> float:
+        return round(time.time() - self.t_start, 1)
+
+    def metadata(self) -> dict[str, Any]:
+        """The checkpoint metadata of the run at its current step."""
+        return {"training": {**self.recipe, "seed": self.args.seed, "args": self.args.to_dict(), "step": self.step,
+                             "train_set": [c.to_dict() for c in self.train_set], "seconds": self.seconds()}}
+
+
 def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: bool = True,
           stop_after: int | None = None, on_step: Callable[[int, float], None] | None = None,
           command: str | None = None) -> dict[str, Any]:
@@ -120,17 +161,24 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
 
     command: the command line that started the run, recorded in run.json and the checkpoint.
 
-    stop_after: return after this many steps of this call (a deliberate interruption, used
-    by the resume test); the state at that point is saved as at a normal checkpoint.
+    stop_after: return {"stopped_at": step} after this many steps of this call (a deliberate
+    interruption, used by the resume test); the state at that point is saved as at a normal
+    checkpoint.
     """
+    run = setup(args, resume, force, command)
+    if not fit(run, progress, stop_after, on_step):
+        return {"stopped_at": run.step}
+    return finish(run)
+
+
+def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: str | None = None) -> TrainRun:
+    """The run before its first step: run folder, model + adapter, training set, data,
+    optimizer, and on --resume the saved state. -> TrainRun."""
     from accelerate import Accelerator
 
-    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.lora import CoaLoraModel, LoraSpec
     from coalora.models import load_model
     from coalora.space import ConfigSpace
-    from coalora.train.configs import configs_at_bits, spread_configs
-    from coalora.train.state import load_state, save_state
-    from coalora.version import code_version
 
     accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(args))
     main = accel.is_main_process
@@ -142,13 +190,7 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
     space = ConfigSpace.from_model(model, args.model)
     spec = LoraSpec(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_theta=args.method == "coalora",
                     theta_hidden=args.theta_hidden, seed=args.seed)
-    # Fixed configuration sets come from the ILP on the unwrapped model's weights.
-    if args.method == "lora":
-        train_set, source = [space.load(args.config)], "fixed (--config)"
-    elif args.method == "shared":
-        train_set, source = configs_at_bits(space, args.shared_bits, model, args.seed)
-    else:
-        train_set, source = spread_configs(space, args.n_configs, model, args.seed, args.bit_range)
+    train_set, source = initial_train_set(args, space, model)
     cmodel = CoaLoraModel(model, space, spec, cache_bytes=int(args.cache_gb * 2**30))
     examples, manifest = _examples(args, tokenizer, "train")
     dev_examples, dev_manifest = _examples(args, tokenizer, "dev")
@@ -160,7 +202,7 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
 
     optimizer = torch.optim.AdamW(cmodel.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ddp_model, optimizer = accel.prepare(cmodel, optimizer)
-    inner: CoaLoraModel = accel.unwrap_model(ddp_model)
+    inner = accel.unwrap_model(ddp_model)
     inner.train()
     dev_batch = {k: v.to(accel.device) for k, v in dev_batch.items()}
 
@@ -168,103 +210,159 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
               "batch_size": args.batch_size, "processes": accel.num_processes, "lr": args.lr,
               "precision": accel.mixed_precision, "train_set_source": source,
               "train_split": manifest, "dev_split": dev_manifest, "command": command}
-    step, history = 0, []
+    run = TrainRun(args, accel, out, space, inner, ddp_model, optimizer, examples, pad, dev_batch, recipe,
+                   train_set, t_start)
     if resume and (out / "state").exists():
-        tr = load_state(out / "state", inner, optimizer)
-        step = tr["step"]
-        train_set = [space.from_dict(c) for c in tr["train_set"]]
-        history = tr.get("history", [])
-        t_start -= tr.get("seconds", 0.0)  # time taken counts every session of the run
+        _restore(run)
     elif main:
         from coalora.io import atomic_write_text
+        from coalora.version import code_version
 
         atomic_write_text(out / RUN_FILE, json.dumps({"args": args.to_dict(), "code_version": code_version(),
                                                       "recipe": recipe}, indent=1) + "\n")
+    return run
 
-    def metadata() -> dict[str, Any]:
-        return {"training": {**recipe, "seed": args.seed, "args": args.to_dict(), "step": step,
-                             "train_set": [c.to_dict() for c in train_set],
-                             "seconds": round(time.time() - t_start, 1)}}
 
-    def checkpoint_now() -> None:
-        if main:
-            save_state(out / "state", inner, optimizer,
-                       {"step": step, "train_set": [c.to_dict() for c in train_set], "history": history,
-                        "seconds": round(time.time() - t_start, 1)}, metadata())
-        accel.wait_for_everyone()
+def initial_train_set(args: TrainArgs, space: Any, model: torch.nn.Module) -> tuple[list, str]:
+    """The configurations of the first epoch and where they came from (-> (configs, source)):
+    --config for lora, the allocator at --shared-bits for shared, budgets spread over
+    --bit-range for coalora. Fixed sets come from the ILP on the unwrapped model's weights."""
+    from coalora.train.configs import configs_at_bits, spread_configs
 
-    per_config = 1 if args.method == "lora" else 2
+    if args.method == "lora":
+        return [space.load(args.config)], "fixed (--config)"
+    if args.method == "shared":
+        return configs_at_bits(space, args.shared_bits, model, args.seed)
+    return spread_configs(space, args.n_configs, model, args.seed, args.bit_range)
+
+
+def _restore(run: TrainRun) -> None:
+    """Load the saved state into `run`: adapter, optimizer, step, training set, history."""
+    from coalora.train.state import load_state
+
+    tr = load_state(run.out / "state", run.inner, run.optimizer)
+    run.step = tr["step"]
+    run.train_set = [run.space.from_dict(c) for c in tr["train_set"]]
+    run.history = tr.get("history", [])
+    run.t_start -= tr.get("seconds", 0.0)  # time taken counts every session of the run
+
+
+def checkpoint(run: TrainRun) -> None:
+    """Save the resumable state (main process), then wait for every process."""
+    from coalora.train.state import save_state
+
+    if run.main:
+        save_state(run.out / "state", run.inner, run.optimizer,
+                   {"step": run.step, "train_set": [c.to_dict() for c in run.train_set], "history": run.history,
+                    "seconds": run.seconds()}, run.metadata())
+    run.accel.wait_for_everyone()
+
+
+def fit(run: TrainRun, progress: bool = True, stop_after: int | None = None,
+        on_step: Callable[[int, float], None] | None = None) -> bool:
+    """Steps from run.step to args.steps, validating at each epoch end and checkpointing
+    every --save-every steps. -> True when the run reached args.steps, False when it
+    stopped early after `stop_after` steps (its state saved)."""
+    args = run.args
     bar = None
-    if progress and main:
+    if progress and run.main:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, initial=step, desc=f"train {args.method}", unit="step", dynamic_ncols=True)
-    log_path = out / LOG_FILE
+        bar = tqdm(total=args.steps, initial=run.step, desc=f"train {args.method}", unit="step", dynamic_ncols=True)
     done_here = 0
-    while step < args.steps:
-        torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of this step
-        idx = _batch_indices(args, len(examples), step, accel.num_processes, accel.process_index)
-        batch = {k: v.to(accel.device) for k, v in collate([examples[i] for i in idx], pad).items()}
-        chosen = [train_set[i] for i in _draw(args.seed * 7919 + step, len(train_set), per_config)]
-        losses = []
-        for j, config in enumerate(chosen):
-            inner.set_configuration(config, train=True)
-            sync = accel.no_sync(ddp_model) if j < len(chosen) - 1 else contextlib.nullcontext()
-            with sync:
-                loss = masked_loss(ddp_model, batch)
-                accel.backward(loss)  # gradients of the configurations add up
-            losses.append(float(loss.detach()))
-        grad_norm = accel.clip_grad_norm_(inner.trainable_parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        done_here += 1
-        mean_loss = sum(losses) / len(losses)
-        if main:
-            _log(log_path, {"step": step, "loss": mean_loss, "losses": losses, "grad_norm": float(grad_norm),
-                            "configs": [c.hash for c in chosen], "avg_bits": [round(c.avg_bits, 4) for c in chosen],
-                            "time": round(time.time() - t_start, 2)})
-        if bar is not None:
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            bar.update(1)
-        if on_step is not None:
-            on_step(step, mean_loss)
-        if step % args.epoch_steps == 0 or step == args.steps:
-            history.append(_epoch_end(inner, train_set, dev_batch, step, main, log_path))
-            if args.method == "coalora" and args.search and step < args.steps:
-                train_set = _search(args, inner, train_set, dev_batch, step, main, log_path, space)
-            inner.train()
-        if (args.save_every and step % args.save_every == 0) or (stop_after is not None and done_here >= stop_after):
-            checkpoint_now()
-        if stop_after is not None and done_here >= stop_after and step < args.steps:
+    try:
+        while run.step < args.steps:
+            chosen, losses, grad_norm = train_step(run)
+            run.step += 1
+            done_here += 1
+            mean_loss = sum(losses) / len(losses)
+            if run.main:
+                _log(run.log_path, {"step": run.step, "loss": mean_loss, "losses": losses, "grad_norm": grad_norm,
+                                    "configs": [c.hash for c in chosen],
+                                    "avg_bits": [round(c.avg_bits, 4) for c in chosen],
+                                    "time": round(time.time() - run.t_start, 2)})
             if bar is not None:
-                bar.close()
-            return {"stopped_at": step}
-    if bar is not None:
-        bar.close()
-    checkpoint_now()
-    summary = {"steps": step, "seconds": round(time.time() - t_start, 1), "train_set_size": len(train_set),
-               "params_in_sync": _params_in_sync(accel, inner), "history": history}
-    if main:
-        save_checkpoint(inner, out / "checkpoint", {**metadata(), "summary": summary})
-        from coalora.io import atomic_write_text
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                bar.update(1)
+            if on_step is not None:
+                on_step(run.step, mean_loss)
+            if run.step % args.epoch_steps == 0 or run.step == args.steps:
+                validate(run)
+            stopping = stop_after is not None and done_here >= stop_after
+            if (args.save_every and run.step % args.save_every == 0) or stopping:
+                checkpoint(run)
+            if stopping and run.step < args.steps:
+                return False
+    finally:
+        if bar is not None:
+            bar.close()
+    return True
 
-        doc = json.loads((out / RUN_FILE).read_text())
+
+def train_step(run: TrainRun) -> tuple[list, list[float], float]:
+    """One optimiser step at run.step (does not advance it): this process's slice of the
+    step's batch, forward + backward under each drawn configuration (gradients summed),
+    clip to 1.0, AdamW. -> (configurations, loss under each, gradient norm before clipping)."""
+    args, accel, inner = run.args, run.accel, run.inner
+    torch.manual_seed(args.seed * 1_000_003 + run.step)  # dropout of this step
+    idx = _batch_indices(args, len(run.examples), run.step, accel.num_processes, accel.process_index)
+    batch = {k: v.to(accel.device) for k, v in collate([run.examples[i] for i in idx], run.pad).items()}  # (B, T)
+    per_config = 1 if args.method == "lora" else 2
+    chosen = [run.train_set[i] for i in _draw(args.seed * 7919 + run.step, len(run.train_set), per_config)]
+    losses = []
+    for j, config in enumerate(chosen):
+        inner.set_configuration(config, train=True)
+        # Only the last backward syncs gradients across processes.
+        sync = accel.no_sync(run.ddp_model) if j < len(chosen) - 1 else contextlib.nullcontext()
+        with sync:
+            loss = masked_loss(run.ddp_model, batch)
+            accel.backward(loss)  # gradients of the configurations add up
+        losses.append(float(loss.detach()))
+    grad_norm = accel.clip_grad_norm_(inner.trainable_parameters(), 1.0)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return chosen, losses, float(grad_norm)
+
+
+def validate(run: TrainRun) -> None:
+    """Epoch end: dev losses appended to run.history, then (coalora with --search, before the
+    last step) the search replaces run.train_set. Leaves the model in training mode."""
+    args = run.args
+    run.history.append(_epoch_end(run))
+    if args.method == "coalora" and args.search and run.step < args.steps:
+        run.train_set = _search(run)
+    run.inner.train()
+
+
+def finish(run: TrainRun) -> dict[str, Any]:
+    """The end of a finished run: final state, OUT/checkpoint/ and the summary in run.json.
+    -> the summary (steps, seconds, train_set_size, params_in_sync, history)."""
+    from coalora.io import atomic_write_text
+    from coalora.lora import save_checkpoint
+
+    checkpoint(run)
+    summary = {"steps": run.step, "seconds": run.seconds(), "train_set_size": len(run.train_set),
+               "params_in_sync": _params_in_sync(run.accel, run.inner), "history": run.history}
+    if run.main:
+        save_checkpoint(run.inner, run.out / "checkpoint", {**run.metadata(), "summary": summary})
+        doc = json.loads((run.out / RUN_FILE).read_text())
         doc["summary"] = summary
-        atomic_write_text(out / RUN_FILE, json.dumps(doc, indent=1) + "\n")
-    accel.wait_for_everyone()
+        atomic_write_text(run.out / RUN_FILE, json.dumps(doc, indent=1) + "\n")
+    run.accel.wait_for_everyone()
     return summary
 
 
-def _epoch_end(inner, train_set, dev_batch, step, main, log_path) -> dict[str, Any]:
-    """Dev loss at the cheapest, middle and richest configurations of the training set."""
-    inner.eval()
-    ordered = sorted(train_set, key=lambda c: c.avg_bits)
+def _epoch_end(run: TrainRun) -> dict[str, Any]:
+    """Dev loss at the cheapest, middle and richest configurations of the training set.
+    -> the logged record {"step", "event": "epoch_end", "dev_loss": {avg_bits: loss}}."""
+    run.inner.eval()
+    ordered = sorted(run.train_set, key=lambda c: c.avg_bits)
     probe = list(dict.fromkeys([ordered[0], ordered[len(ordered) // 2], ordered[-1]]))
-    losses = dev_losses(inner, probe, dev_batch)
-    rec = {"step": step, "event": "epoch_end", "dev_loss": dict(zip([f"{c.avg_bits:.3f}" for c in probe], losses))}
-    if main:
-        _log(log_path, rec)
+    losses = dev_losses(run.inner, probe, run.dev_batch)
+    rec = {"step": run.step, "event": "epoch_end",
+           "dev_loss": dict(zip([f"{c.avg_bits:.3f}" for c in probe], losses))}
+    if run.main:
+        _log(run.log_path, rec)
     return rec
 
 
@@ -276,16 +374,19 @@ def within_bit_range(configs: list, bit_range: tuple[float, float], tol: float =
     return [c for c in configs if lo - tol <= c.avg_bits <= hi + tol]
 
 
-def _search(args, inner, train_set, dev_batch, step, main, log_path, space) -> list:
-    """Replace the training set by the segmented Pareto set of a short GP search (method.md 5)."""
+def _search(run: TrainRun) -> list:
+    """The next training set: the segmented Pareto set of a short GP search whose f1 is the
+    dev loss (docs/design.md, "Search"), kept inside --bit-range. -> the same list on every
+    process."""
     from accelerate.utils import broadcast_object_list
 
     from coalora.search.loop import search
 
+    args, inner, train_set, dev_batch, step, space = run.args, run.inner, run.train_set, run.dev_batch, run.step, run.space
     inner.eval()
     t0 = time.time()
     payload: list[Any] = [None]
-    if main:  # one process searches; the others receive its choice (identical training sets)
+    if run.main:  # one process searches; the others receive its choice (identical training sets)
         result = search(lambda cs: dev_losses(inner, cs, dev_batch), space, initial=train_set,
                         iterations=args.search_iterations, batch_size=args.search_batch, seed=args.seed + step)
         # Only configurations inside --bit-range: below it SmolLM2 is destroyed (losses of 10-20
@@ -297,7 +398,7 @@ def _search(args, inner, train_set, dev_batch, step, main, log_path, space) -> l
             selected = [selected[i] for i in keep]
         if len(selected) < 2:
             selected = train_set  # a degenerate search must not shrink training to one configuration
-        _log(log_path, {"step": step, "event": "search", "pool": len(result.pool), "selected": len(selected),
+        _log(run.log_path, {"step": step, "event": "search", "pool": len(result.pool), "selected": len(selected),
                         "seconds": round(time.time() - t0, 1),
                         "selected_bits": sorted(round(c.avg_bits, 3) for c in selected)})
         payload = [[c.encode().tolist() for c in selected]]

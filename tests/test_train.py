@@ -114,6 +114,59 @@ def test_resume_continues_exactly(tiny_base, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+class Killed(Exception):
+    """Stands for the process being killed in the middle of a run."""
+
+
+def test_resume_after_a_kill_logs_each_step_once(tiny_base, tmp_path):
+    """Killed after step 5 with the last checkpoint at step 4: the resumed run repeats step 5,
+    and the log keeps one record per step, equal to an uninterrupted run's; every
+    .safetensors file the trainer wrote has plain permissions."""
+    from coalora.io import plain_mode
+
+    full = small_args(tiny_base, tmp_path / "full")
+    train(full, progress=False)
+    part = small_args(tiny_base, tmp_path / "part", save_every=2)
+
+    def kill_at_5(step, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(part, progress=False, on_step=kill_at_5)
+    with open(tmp_path / "part" / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "loss"')  # a line torn by the kill
+    train(part, resume=True, progress=False)
+
+    def log(out):
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    a, b = log(tmp_path / "full"), log(tmp_path / "part")
+    assert [r["step"] for r in b if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in b if r.get("event") == "epoch_end"] == [3, 6]
+    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
+    assert [r.get("dev_loss") for r in a] == [r.get("dev_loss") for r in b]
+    written = sorted((tmp_path / "part").rglob("*.safetensors"))
+    assert {p.name for p in written} == {"adapter.safetensors", "optimizer.safetensors"}
+    assert all(p.stat().st_mode & 0o777 == plain_mode() for p in written), [oct(p.stat().st_mode) for p in written]
+
+
+def test_resume_refuses_a_folder_that_is_not_a_coalora_run(tiny_base, tmp_path):
+    from coalora.train.trainer import prepare_out
+
+    args = small_args(tiny_base, tmp_path / "r")
+    (tmp_path / "r").mkdir()
+    for text in ('{"foo": 1}', "[1, 2]", "not json", '{"args": {"x": 1}, "recipe": {}}'):
+        (tmp_path / "r" / "run.json").write_text(text)
+        with pytest.raises(ConfigError, match="is not a coalora run folder") as e:
+            prepare_out(args, resume=True, force=False)
+        assert "differ" not in str(e.value)
+    (tmp_path / "r" / "run.json").write_text('{"foo": 1}')
+    r = run_cli("train", "--model", tiny_base, "--out", str(tmp_path / "r"), "--resume")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not a coalora run folder" in r.stderr and "differ" not in r.stderr
+
+
 def test_train_options_are_the_train_args_fields():
     """Every TrainArgs field is an option of `coalora train` with the field's default and help
     text, and every option (besides --resume/--force/--json) is a field."""

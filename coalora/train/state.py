@@ -15,13 +15,15 @@ from typing import Any
 import torch
 
 from coalora.errors import CheckpointError
-from coalora.io import atomic_folder
+from coalora.io import atomic_folder, plain_mode
 
 STATE_FORMAT = "coalora.trainer_state/v1"
 
 
 def save_state(folder: Path, model, optimizer: torch.optim.Optimizer, trainer: dict[str, Any],
                metadata: dict[str, Any]) -> Path:
+    """Write the resumable state of `model` (a CoaLoraModel) and `optimizer` to `folder`,
+    replacing it atomically; `trainer`: step, training set, history. -> folder."""
     from safetensors.torch import save_file
 
     from coalora.lora import save_checkpoint
@@ -37,6 +39,7 @@ def save_state(folder: Path, model, optimizer: torch.optim.Optimizer, trainer: d
     with atomic_folder(folder, overwrite=True) as tmp:
         save_checkpoint(model, tmp / "checkpoint", metadata)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.safetensors").chmod(plain_mode())  # safetensors writes owner-only files
         doc = {"format": STATE_FORMAT, "trainer": trainer, "param_groups": sd["param_groups"], "scalars": scalars}
         (tmp / "trainer.json").write_text(json.dumps(doc, indent=1) + "\n")
     return folder

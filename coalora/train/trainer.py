@@ -53,7 +53,11 @@ def prepare_out(args: TrainArgs, resume: bool, force: bool) -> Path:
         raise OutputExistsError(f"output path {str(out)!r} exists and is not a folder")
     if run_file.exists():
         if resume:
-            old = json.loads(run_file.read_text()).get("args", {})
+            run_doc = read_run_file(run_file)
+            if run_doc is None:  # another tool's run.json: comparing options would mislead
+                raise ConfigError(f"{str(out)!r} is not a coalora run folder ({RUN_FILE} was not written by "
+                                  "`coalora train`); nothing to resume")
+            old = run_doc["args"]
             new = args.to_dict()
             diff = sorted(k for k in new if k not in TrainArgs.RESUMABLE_CHANGES and old.get(k) != new[k])
             if diff:
@@ -79,6 +83,18 @@ def prepare_out(args: TrainArgs, resume: bool, force: bool) -> Path:
     except OSError as e:
         raise OutputExistsError(f"cannot write to output folder {str(out)!r}: {e.strerror or e}") from None
     return out
+
+
+def read_run_file(path: Path) -> dict[str, Any] | None:
+    """The run.json of a coalora run, or None when `path` holds something else (another
+    tool's JSON, text that is not JSON): {"args": {...}, "recipe": {...}, ...}."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(doc, dict) and isinstance(doc.get("args"), dict) and isinstance(doc.get("recipe"), dict)):
+        return None
+    return doc if "method" in doc["args"] else None
 
 
 def _examples(args: TrainArgs, tokenizer: Any, part: str) -> tuple[list[Example], dict[str, Any]]:
@@ -111,6 +127,27 @@ def _batch_indices(args: TrainArgs, n_examples: int, step: int, world: int, rank
 def _log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Drop the records of `path` after `step` (and a torn last line), so that a resumed run,
+    which continues after `step`, does not log the steps it repeats twice. -> lines dropped."""
+    if not path.exists():
+        return 0
+    from coalora.io import atomic_write_text
+
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by the kill
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)
 
 
 @dataclass
@@ -173,7 +210,7 @@ def train(args: TrainArgs, resume: bool = False, force: bool = False, progress: 
 
 def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: str | None = None) -> TrainRun:
     """The run before its first step: run folder, model + adapter, training set, data,
-    optimizer, and on --resume the saved state. -> TrainRun."""
+    optimizer, and on --resume the saved state (log trimmed to it). -> TrainRun."""
     from accelerate import Accelerator
 
     from coalora.lora import CoaLoraModel, LoraSpec
@@ -220,6 +257,8 @@ def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: s
 
         atomic_write_text(out / RUN_FILE, json.dumps({"args": args.to_dict(), "code_version": code_version(),
                                                       "recipe": recipe}, indent=1) + "\n")
+    if resume and main:
+        trim_log(run.log_path, run.step)  # the log ends where the checkpoint does
     return run
 
 

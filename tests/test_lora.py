@@ -185,7 +185,7 @@ def test_forward_before_a_configuration_and_foreign_configurations_are_refused(t
         cm(input_ids=X)
     other = make_tiny_llama(n_layers=3)
     foreign = ConfigSpace.from_model(other, "other").preset("nf4")
-    with pytest.raises(ModelMismatchError, match="does not fit"):
+    with pytest.raises(ModelMismatchError, match="model 'other'"):
         cm.set_configuration(foreign)
 
 
@@ -199,3 +199,153 @@ def test_dropout_is_active_only_in_train_mode(tiny_space):
     assert not torch.equal(cm(input_ids=X).logits, ev)
     cm.eval()
     assert torch.equal(cm(input_ids=X).logits, ev)
+
+
+# ---- merged inference weights (issue 13) ------------------------------------------------------
+def _logits(cm: CoaLoraModel, merged: bool, bf16: bool = False) -> torch.Tensor:
+    """Logits of X with the merged path on or off, under no_grad (as the eval harness scores),
+    in bf16 autocast when `bf16` (the eval's compute_context)."""
+    cm.merge_for_inference = merged
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), ctx:
+        return cm(input_ids=X).logits.float()
+
+
+def _adapted(seed: int = 0) -> CoaLoraModel:
+    # B ~ 0.05: the adapter already moves the logits by ~1.3 (they are ~0.5 in size), while
+    # s·BMA stays about the size of the tiny model's base weights (std 0.02); with a much larger
+    # adapter, fp32 cancellation between W and sBMA alone exceeds atol 1e-5.
+    cm = wrap(LoraSpec(rank=4, theta_init_std=0.3), seed=seed)
+    randomize_B(cm, std=0.05)
+    cm.eval()
+    return cm
+
+
+def test_merged_equals_unmerged_fp32(tiny_space):
+    cm = _adapted()
+    cm.set_configuration(tiny_space.sample(1, seed=3)[0])
+    ref = _logits(cm, merged=False)
+    got = _logits(cm, merged=True)
+    assert cm.merge_stats["merged"] == tiny_space.n_matrices
+    layer = next(iter(cm.adapted.values()))
+    assert layer.merged_weight.dtype == torch.float32 and not layer.use_merged  # only set inside a forward
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    # the adapter really is in the merged weights: different from the quantized base
+    with cm.disable_adapter():
+        assert not torch.allclose(_logits(cm, merged=True), ref, atol=1e-3)
+
+
+def test_merged_bf16_is_stored_in_bf16_and_as_close_to_fp32_as_unmerged(tiny_space):
+    # Tolerance: both bf16 paths round to 8 significant bits (relative step 2^-8 = 0.4 %), at
+    # different points: unmerged rounds Q(W0), activations and the adapter's factors
+    # separately, merged rounds the sum Q(W0) + s·BMA once. On this tiny model (logits ~0.5)
+    # either bf16 path is 0.002 from fp32 on average and up to ~0.1 at worst (measured over
+    # 4 seeds x 3 configurations); merged and unmerged bf16 differ from each other by as much
+    # (max 0.02-0.06). So the test asks: merged bf16 is as close to fp32 as unmerged bf16
+    # (mean error within 1.5x + 1e-3), within 0.15 everywhere, and stored in bf16.
+    cm = _adapted()
+    for config in (tiny_space.preset("nf4"), *tiny_space.sample(2, seed=11)):
+        cm.set_configuration(config)
+        ref32 = _logits(cm, merged=False)
+        torch.testing.assert_close(_logits(cm, merged=True), ref32, rtol=0, atol=1e-5)  # fp32 merge first
+        got = _logits(cm, merged=True, bf16=True)  # the dtype changed: re-merged in bf16
+        layer = next(iter(cm.adapted.values()))
+        assert layer.merged_weight.dtype == torch.bfloat16
+        unmerged16 = _logits(cm, merged=False, bf16=True)
+        err_m, err_u = (got - ref32).abs(), (unmerged16 - ref32).abs()
+        assert err_m.mean() <= 1.5 * err_u.mean() + 1e-3, (err_m.mean(), err_u.mean())
+        assert err_m.max() <= 0.15 and (got - unmerged16).abs().max() <= 0.15
+        assert torch.equal(_logits(cm, merged=True, bf16=True), got)  # a second forward reuses the merge
+
+
+def test_merged_adapter_off_gives_the_quantized_base(tiny_space):
+    cm = _adapted()
+    config = tiny_space.sample(1, seed=4)[0]
+    ref_model = make_tiny_llama()
+    WeightSwitcher(ref_model, tiny_space).apply(config)
+    with torch.no_grad():
+        base = ref_model(input_ids=X).logits
+    cm.set_configuration(config)
+    adapted = _logits(cm, merged=True)
+    with cm.disable_adapter():
+        assert torch.equal(_logits(cm, merged=True), base)
+    assert torch.equal(_logits(cm, merged=True), adapted)  # merged weights survive the detour
+
+
+def test_for_base_model_never_merges(tiny_space):
+    base = make_tiny_llama()
+    cm = CoaLoraModel.for_base(base, "tiny-llama")
+    cm.set_configuration(tiny_space.preset("nf4"))
+    _logits(cm, merged=True)
+    assert cm.merge_stats["merged"] == 0
+    assert all(layer.merged_weight is None for layer in cm.adapted.values())
+
+
+def test_merged_follows_configuration_switches(tiny_space):
+    cm = _adapted()
+    a, b = tiny_space.sample(2, seed=11)
+    name = tiny_space.matrices[5].name
+    block = tiny_space.matrices[5].block
+    one = a.with_settings({m.name: b.setting(m.name) for m in tiny_space.matrices if m.block == block})
+    refs = {}
+    for c, key in ((a, "a"), (b, "b"), (one, "one")):
+        cm.set_configuration(c)
+        refs[key] = _logits(cm, merged=False)
+    cm.merge_for_inference = True
+    n0 = cm.merge_stats["merged"]
+    for c, key in ((a, "a"), (b, "b"), (a, "a"), (one, "one"), (a, "a")):
+        cm.set_configuration(c)
+        torch.testing.assert_close(_logits(cm, merged=True), refs[key], rtol=0, atol=1e-5)
+    per_block = sum(1 for m in tiny_space.matrices if m.block == block)
+    assert name in [m.name for m in tiny_space.matrices if m.block == block]
+    # a -> b -> a: all matrices twice (a was merged before b); a -> one -> a: one block twice
+    assert cm.merge_stats["merged"] - n0 == 3 * tiny_space.n_matrices + 2 * per_block
+    ptrs = [layer.merged_weight.data_ptr() for layer in cm.adapted.values()]
+    cm.set_configuration(b)
+    _logits(cm, merged=True)
+    assert [layer.merged_weight.data_ptr() for layer in cm.adapted.values()] == ptrs  # reused, not reallocated
+
+
+def test_merged_is_invalidated_by_an_optimizer_step(tiny_space):
+    cm = _adapted()
+    config = tiny_space.sample(1, seed=6)[0]
+    cm.set_configuration(config)
+    before = _logits(cm, merged=True)
+    opt = torch.optim.SGD(cm.trainable_parameters(), lr=0.1)
+    cm.train()
+    cm.set_configuration(config, train=True)
+    cm(input_ids=X).logits.square().mean().backward()
+    opt.step()
+    cm.eval()
+    cm.set_configuration(config)
+    after = _logits(cm, merged=True)
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, _logits(cm, merged=False), rtol=0, atol=1e-5)
+    # A or B alone changed in place (θ untouched): its layer is re-merged on the next forward
+    layer = next(iter(cm.adapted.values()))
+    n0 = cm.merge_stats["merged"]
+    with torch.no_grad():
+        layer.lora_A.weight.mul_(2.0)
+    torch.testing.assert_close(_logits(cm, merged=True), _logits(cm, merged=False), rtol=0, atol=1e-5)
+    assert cm.merge_stats["merged"] - n0 == 1
+    with torch.no_grad():  # θ changed in place without set_configuration: every layer re-merged
+        cm.theta.fc2.bias.add_(0.1)
+    torch.testing.assert_close(_logits(cm, merged=True), _logits(cm, merged=False), rtol=0, atol=1e-5)
+
+
+def test_training_and_grad_forwards_stay_unmerged(tiny_space):
+    cm = _adapted()
+    cm.set_configuration(tiny_space.preset("nf4"))
+    cm(input_ids=X).logits.sum().backward()  # grad enabled: unmerged, so B gets its gradient
+    assert cm.merge_stats["merged"] == 0
+    assert all(layer.lora_B.weight.grad is not None for layer in cm.adapted.values())
+    cm.set_configuration(tiny_space.preset("nf4"), train=True)
+    with torch.no_grad():
+        cm(input_ids=X)
+    assert cm.merge_stats["merged"] == 0
+    assert cm.prepare_inference() == 0
+    cm.set_configuration(tiny_space.preset("nf4"))
+    assert cm.prepare_inference(torch.bfloat16) == tiny_space.n_matrices
+    assert cm.prepare_inference(torch.bfloat16) == 0
+    cm.unwrap()
+    assert all(layer.merged_weight is None for layer in cm.adapted.values())

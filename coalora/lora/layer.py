@@ -4,6 +4,12 @@ Wraps, doesn't fork (as peft does): `base_layer` is the model's own nn.Linear, w
 weight the WeightSwitcher overwrites with the quantized weights of the current
 configuration; its bias is kept. The mixing matrix M = I + U of this matrix is set from
 outside (CoaLoraModel runs θ once for all matrices and hands each layer its slice).
+
+Merged inference weight (issue 13; docs/design.md, "Data flow" and "Evaluation"): for
+inference CoaLoraModel folds the adapter into one weight per layer, W = Q(W0) + s·B M A,
+stored in the compute dtype (bf16 under the eval's autocast), so the projection is one
+matmul and the quantized fp32 base weight is not cast to bf16 on every forward. The base
+layer keeps Q(W0) untouched (the adapter switched off, training and `unwrap` use it).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,6 +44,12 @@ class CoaLoraLinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         self.M: torch.Tensor | None = None  # (r, r); a plain attribute, never saved
         self.enabled = True  # False: the base projection alone (CoaLoraModel.disable_adapter)
+        # Merged weight (out, in) in the compute dtype, reused in place across configurations;
+        # a plain attribute (not a buffer: never saved, not moved by .to()). CoaLoraModel
+        # fills it (`merge_into_buffer`) and sets `use_merged` for the duration of one forward.
+        self.merged_weight: torch.Tensor | None = None
+        self.merged_key: tuple | None = None  # what merged_weight was built from (CoaLoraModel._merge_key)
+        self.use_merged = False
 
     @property
     def in_features(self) -> int:
@@ -51,7 +64,25 @@ class CoaLoraLinear(nn.Module):
         B = self.lora_B.weight if self.M is None else self.lora_B.weight @ self.M  # (out, r)
         return self.scaling * (B @ self.lora_A.weight)
 
+    @torch.no_grad()
+    def merge_into_buffer(self, dtype: torch.dtype) -> torch.Tensor:
+        """merged_weight <- Q(W0) + s·B M A, computed in float32 and rounded once to `dtype`;
+        the buffer is reused when its dtype/device/shape fit (no new allocation per configuration)."""
+        w = self.base_layer.weight
+        B = self.lora_B.weight if self.M is None else self.lora_B.weight @ self.M.to(self.lora_B.weight.dtype)
+        buf = self.merged_weight
+        if buf is None or buf.dtype != dtype or buf.device != w.device or buf.shape != w.shape:
+            self.merged_weight = buf = torch.empty(w.shape, dtype=dtype, device=w.device)
+        full = torch.addmm(w.to(torch.float32), B, self.lora_A.weight, alpha=self.scaling)  # (out, in) float32
+        buf.copy_(full)
+        return buf
+
+    def release_merged(self) -> None:
+        self.merged_weight, self.merged_key, self.use_merged = None, None, False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_merged and self.enabled:
+            return F.linear(x, self.merged_weight, self.base_layer.bias)  # one matmul: adapter folded in
         y = self.base_layer(x)  # (..., out)
         if not self.enabled:
             return y
@@ -63,4 +94,5 @@ class CoaLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"rank={self.rank}, scaling={self.scaling:g}, mixing={'theta' if self.M is not None else 'identity'}"
-                + ("" if self.enabled else ", disabled"))
+                + ("" if self.enabled else ", disabled")
+                + ("" if self.merged_weight is None else f", merged={str(self.merged_weight.dtype).removeprefix('torch.')}"))

@@ -40,6 +40,9 @@ class WeightSwitcher:
         self.modules: dict[str, torch.nn.Linear] = {m.name: modules[m.name] for m in space.matrices}
         self.originals = {n: mod.weight.detach().to(torch.float32).clone() for n, mod in self.modules.items()}
         self.current: dict[str, tuple[QuantSetting, str] | None] = {n: None for n in self.modules}
+        # Bumped each time a matrix's weight is written: CoaLoraModel's merged inference
+        # weights are keyed by it (a tensor's address can be reused after a cache eviction).
+        self.generation: dict[str, int] = {n: 0 for n in self.modules}
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[_Key, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
@@ -80,6 +83,7 @@ class WeightSwitcher:
             else:
                 mod.weight.data = self._quantized(m.name, *want)
             self.current[m.name] = want
+            self.generation[m.name] += 1
             changed += 1
         return changed
 

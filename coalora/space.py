@@ -104,13 +104,15 @@ class ConfigSpace:
         text = "\n".join(f"{m.name}:{'x'.join(map(str, m.shape))}" for m in self.matrices)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def check_fingerprint(self, fingerprint: str | None, what: str, model: str | None = None) -> None:
+    def check_fingerprint(self, fingerprint: str | None, what: str, model: str | None = None,
+                          made: str = "was made for") -> None:
         """Refuse an artefact (`what`, e.g. "configuration 'c.json'") made for another model:
-        ModelMismatchError naming both models and fingerprints. None passes (not recorded)."""
+        ModelMismatchError naming both models and fingerprints ("<what> <made> model ...").
+        The one fingerprint check of the package. None passes (not recorded)."""
         if fingerprint is not None and fingerprint != self.fingerprint:
             made_for = f"model {model!r} " if model else "another model "
             raise ModelMismatchError(
-                f"{what} was made for {made_for}(fingerprint {fingerprint}), not for {self.model_name!r} "
+                f"{what} {made} {made_for}(fingerprint {fingerprint}), not for {self.model_name!r} "
                 f"(fingerprint {self.fingerprint}): their projection names or shapes differ"
             )
 

@@ -151,7 +151,7 @@ def test_altered_tensor_file_is_refused(saved, tmp_path):
 def test_mismatched_base_models_are_refused_and_left_unwrapped(saved):
     _, path = saved
     other = make_tiny_llama(n_layers=3)
-    with pytest.raises(ModelMismatchError, match="projections differ"):
+    with pytest.raises(ModelMismatchError, match="projection names or shapes differ"):
         load_checkpoint(path, model=other)
     same_shape = make_tiny_llama(seed=1)  # same architecture, other weights
     before = same_shape.model.layers[0].self_attn.q_proj.weight.clone()

@@ -40,18 +40,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _check_checkpoint(checkpoint: str, fingerprint: str) -> Path:
+def _check_checkpoint(checkpoint: str, space) -> Path:
     """The checkpoint's default pool file, after checking it was trained on this model."""
     from coalora.cli.search import default_paths
-    from coalora.errors import ModelMismatchError
     from coalora.lora.checkpoint import read_metadata
 
     folder, meta = read_metadata(checkpoint)  # resolves 'default'; clear errors for bad folders
-    fp = (meta.get("base_model") or {}).get("fingerprint")
-    if fp != fingerprint:
-        raise ModelMismatchError(f"checkpoint {checkpoint!r} was trained on model "
-                                 f"{(meta.get('base_model') or {}).get('name')!r} (fingerprint {fp}), "
-                                 f"not on this --model (fingerprint {fingerprint})")
+    base = meta.get("base_model") or {}
+    space.check_fingerprint(base.get("fingerprint") or "missing", f"checkpoint {checkpoint!r}", base.get("name"),
+                            made="was trained on")
     return default_paths(checkpoint, folder)[0]
 
 
@@ -67,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable_file(args.out, "--out")
     space = build_space_for(args.model)
-    ckpt_pool = _check_checkpoint(args.checkpoint, space.fingerprint) if args.checkpoint else None
+    ckpt_pool = _check_checkpoint(args.checkpoint, space) if args.checkpoint else None
     out: dict = {"model": args.model, "method": args.method, "budget": args.budget}
     candidates: tuple = ()
     if args.method in ("fast", "ilp"):

@@ -205,11 +205,8 @@ def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.flo
 
         model, tokenizer = load_model(name, dtype=dtype, quiet=quiet)
     space = ConfigSpace.from_model(model, name)
-    if space.fingerprint != base.get("fingerprint"):
-        raise ModelMismatchError(
-            f"checkpoint {str(folder)!r} was trained on {name!r} (structure fingerprint {base.get('fingerprint')}); "
-            f"the given model's projections differ (fingerprint {space.fingerprint})"
-        )
+    space.check_fingerprint(base.get("fingerprint"), f"checkpoint {checkpoint_label(folder, meta)!r}", name,
+                            made="was trained on")
     wrapped = CoaLoraModel(model, space, spec)
     try:
         fp = weights_fingerprint(wrapped)
@@ -290,10 +287,7 @@ def load_weights(model: CoaLoraModel, path: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     folder, meta = read_metadata(path)
-    if meta["base_model"].get("fingerprint") != model.space.fingerprint:
-        raise ModelMismatchError(
-            f"checkpoint {str(folder)!r} was trained on {meta['base_model'].get('name')!r} "
-            f"(fingerprint {meta['base_model'].get('fingerprint')}), not on {model.space.model_name!r}"
-        )
+    model.space.check_fingerprint(meta["base_model"].get("fingerprint"), f"checkpoint {checkpoint_label(folder, meta)!r}",
+                                  meta["base_model"].get("name"), made="was trained on")
     _load_tensors(model, load_file(str(folder / meta["tensors"]["file"])), folder)
     return meta

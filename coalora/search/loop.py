@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from coalora.errors import ConfigError, ModelMismatchError
+from coalora.errors import ConfigError
 from coalora.metrics import to_error
 from coalora.search.acquisition import propose
 from coalora.search.gp import Surrogate, fit_surrogate
@@ -51,8 +49,7 @@ class Pool:
         if len(values) != len(configs):
             raise ConfigError(f"objective returned {len(values)} values for {len(configs)} configurations")
         for c, v in zip(configs, values):
-            if c.space.fingerprint != self.space.fingerprint:
-                raise ModelMismatchError(f"configuration for {c.space.model_name!r} added to a pool of {self.space.model_name!r}")
+            self.space.check_same(c)
             if v != v or v in (float("inf"), float("-inf")):
                 raise ConfigError(f"objective returned {v} for configuration {c.hash}; f1 must be finite")
         self.configs.extend(configs)
@@ -79,8 +76,7 @@ class Pool:
         data = json.loads(Path(path).read_text())
         if data.get("format") != POOL_FORMAT:
             raise ConfigError(f"{path}: field 'format' is {data.get('format')!r}; expected {POOL_FORMAT!r}")
-        if data.get("fingerprint") != space.fingerprint:
-            raise ModelMismatchError(f"{path} is a pool for {data.get('model')!r}, not for {space.model_name!r}")
+        space.check_fingerprint(data.get("fingerprint") or "missing", f"pool {Path(path).name!r}", data.get("model"))
         pool = cls(space)
         pool.add([space.from_dict(p["config"]) for p in data["points"]], [p["f1"] for p in data["points"]])
         return pool
@@ -130,8 +126,7 @@ def search(
     if iterations < 0 or batch_size < 1:
         raise ConfigError(f"iterations ({iterations}) must be >= 0 and batch_size ({batch_size}) >= 1")
     pool = pool if pool is not None else Pool(space)
-    if pool.space.fingerprint != space.fingerprint:
-        raise ModelMismatchError(f"pool is for {pool.space.model_name!r}, search space is {space.model_name!r}")
+    space.check_fingerprint(pool.space.fingerprint, "the pool", pool.space.model_name)
 
     def run(configs: list[Configuration]) -> None:
         if not configs:
@@ -210,10 +205,7 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
                           "choose one with --task")
     pool = Pool(space)
     for r in rows:
-        fp = r.get("fingerprint")
-        if fp is not None and fp != space.fingerprint:
-            raise ModelMismatchError(f"{path} holds records for model {r.get('model')!r} (fingerprint {fp}), "
-                                     f"not for {space.model_name!r} ({space.fingerprint})")
+        space.check_fingerprint(r.get("fingerprint"), f"a record of {Path(path).name!r}", r.get("model"))
         if "config" in r and isinstance(r["config"], dict):
             cfg = space.from_dict(r["config"])
         elif r.get("config_path") is not None:

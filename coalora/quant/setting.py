@@ -1,4 +1,4 @@
-"""One matrix's quantizer setting: the 5 fields of the LQ-LoRA space (method.md section 2).
+"""One matrix's quantizer setting: the 5 fields of the LQ-LoRA space (docs/design.md, "Configuration space").
 
 | field            | meaning                                        | values          |
 |------------------|------------------------------------------------|-----------------|

@@ -1,4 +1,4 @@
-"""A configuration for a bit budget by the integer program of method.md section 2 (LQ-LoRA).
+"""A configuration for a bit budget by the integer program of LQ-LoRA (docs/design.md, "Search").
 
     minimise   sum_i sum_c F(i, c) x_ic
     subject to sum_c x_ic = 1 for every matrix i          (exactly one setting each)

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import make_tiny_llama
 
+pytestmark = pytest.mark.integration  # every test runs `python -m coalora` in a subprocess
+
 
 def run_cli(*args, env=None, timeout=300):
     return subprocess.run(

@@ -10,6 +10,8 @@ import pytest
 
 from ui_fixtures import make_tiny_engine
 
+pytestmark = pytest.mark.integration  # serves the app over HTTP and talks to it with gradio_client
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):

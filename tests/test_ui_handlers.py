@@ -298,3 +298,40 @@ def test_downloads_are_bounded_and_records_name_no_server_path(engine, tmp_path)
     rec = engine.evaluate_final(cfg)
     assert rec.checkpoint.startswith("ckpt@sha256:") and len(rec.checkpoint.split(":")[1]) == 16
     assert "/ckpt" not in rec.to_json()  # the checkpoint folder's path appears nowhere
+
+
+def test_concurrent_evaluations_take_turns_and_apply_each_configuration_once(lm_engine, monkeypatch):
+    """Four evaluations started at once run one after another, chunk by chunk (ui/turns.py):
+    each configuration is applied once, not once per chunk, and every stream equals its solo run."""
+    engine = lm_engine
+    configs = [engine.preset(p) for p in ("nf2", "nf3", "nf4", "nf8")]
+    alone = {c.hash: [(r.n, r.value) for r in engine.evaluate(c)] for c in configs}
+    applied = []
+    real = engine.model.set_configuration
+    monkeypatch.setattr(engine.model, "set_configuration", lambda c, *a, **k: (applied.append(c.hash), real(c, *a, **k))[1])
+    engine._applied = None
+    results: dict[str, list] = {}
+    threads = [threading.Thread(target=lambda c=c: results.__setitem__(c.hash, [(r.n, r.value) for r in engine.evaluate(c)]))
+               for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == alone
+    assert sorted(applied) == sorted(c.hash for c in configs), applied  # once each
+
+
+def test_a_stale_turn_is_skipped():
+    """An evaluation whose consumer stopped asking for chunks cannot block the others."""
+    import time
+
+    from ui.turns import Turns
+
+    turns = Turns(stale_s=0.2)
+    with turns.joined() as a, turns.joined() as b:
+        with turns.turn(a):
+            pass  # a ran one chunk, then its consumer went away
+        t0 = time.monotonic()
+        with turns.turn(b):
+            waited = time.monotonic() - t0
+    assert 0.15 < waited < 2.0

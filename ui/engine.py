@@ -3,10 +3,11 @@ everything else lives in coalora (allocation, predictor, results, export) or ui/
 downloads), and app.py alone reads the environment (docs/design.md, "App").
 
 Concurrency: one lock guards the shared model. An evaluation holds it for ONE chunk of the
-streamed quick eval at a time (never across a yield) and re-applies its own configuration
-before each chunk, so every chunk is scored under the configuration of the request that
-asked for it (two clients each get exactly their solo result) and an abandoned evaluation
-never holds the lock.
+streamed quick eval at a time (never across a yield) and applies its own configuration
+before each chunk (a no-op when it is already in), so every chunk is scored under the
+configuration of the request that asked for it and an abandoned evaluation never holds the
+lock; evaluations take turns in start order (ui/turns.py), so a configuration is applied
+once per evaluation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +27,7 @@ from coalora.results import ResultRecord, latest_per_config
 from coalora.search.allocate import allocate
 from coalora.search.predictor import Predictor
 from coalora.space import Configuration
+from ui.turns import Turns
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FRONT = ROOT / "assets" / "front" / "default.json"
@@ -63,6 +65,7 @@ class Engine:
         from coalora.eval.scoring import resolve_dtype
 
         self.lock = threading.RLock()
+        self.turns = Turns()  # evaluations run one after another, chunk by chunk (ui/turns.py)
         self.model, self.tokenizer, self.loaded = loaded.model, loaded.tokenizer, loaded
         self.space = self.model.space
         self.model_name, self.task, self.seed = model_name, task, seed
@@ -146,9 +149,9 @@ class Engine:
         with_adapter = adapter and self.model.has_adapter
         t0 = time.perf_counter()
         it = iter_eval(self.model, self.tokenizer, self.split, dtype=self.dtype, stream=True)
-        try:
+        with self.turns.joined() as ticket, closing(it):
             while True:
-                with self._using(config, adapter):
+                with self.turns.turn(ticket), self._using(config, adapter):
                     est = next(it, None)
                 if est is None:
                     return
@@ -158,8 +161,6 @@ class Engine:
                     checkpoint=self.loaded.checkpoint if with_adapter else None, seconds=time.perf_counter() - t0,
                     extra={"done": est.done, "n_target": est.n_target, "source": "app quick eval",
                            "summary": config.describe()})
-        finally:
-            it.close()
 
     def evaluate_final(self, config: Configuration, adapter: bool = True) -> ResultRecord:
         *_, rec = self.evaluate(config, adapter)

@@ -335,3 +335,24 @@ def test_a_stale_turn_is_skipped():
         with turns.turn(b):
             waited = time.monotonic() - t0
     assert 0.15 < waited < 2.0
+
+
+def test_quick_eval_is_on_dev_rows_and_the_reportable_score_on_every_test_row(engine):
+    """Choose on dev rows, report on test rows: the quick eval scores the quick-eval (dev) rows
+    the front is fitted on; 'Score on test' scores every test row, labelled reportable."""
+    from coalora.data import load_split
+
+    assert engine.split.part == "dev" and engine.report_split.part == "test"
+    assert not set(r["id"] for r in engine.split.rows) & set(r["id"] for r in engine.report_split.rows)
+    st = SessionState()
+    h.apply_preset(engine, st, "nf3")
+    *_, last = h.evaluate_stream(engine, st)
+    assert st.points[-1]["extra"]["role"] == "select" and st.points[-1]["split_hash"] == engine.split.manifest_hash
+    outs = list(h.report_stream(engine, st))
+    rep = st.reports[engine.preset("nf3").hash]
+    full = load_split("sst2", "test", 0)
+    assert rep["extra"]["role"] == "report" and rep["n"] == len(full) and rep["split_hash"] == full.manifest_hash
+    assert "Reportable" in outs[-1][1] and "final" in outs[-1][1]
+    assert outs[-1][2][0][7].startswith(f"{rep['value']:.4f}")  # the table's reportable column
+    fig = h.figure(engine, st)
+    assert f"{len(engine.split)} dev rows" in fig.layout.yaxis.title.text

@@ -20,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from coalora.data import load_split
 from coalora.errors import ConfigError
+from coalora.eval.harness import QUICK_ROWS, quick_split
+from coalora.eval.scoring import resolve_dtype
 from coalora.lora import LoadedModel
 from coalora.models import DEFAULT_MODEL, EMBEDDED
 from coalora.results import ResultRecord, latest_per_config
 from coalora.search.allocate import allocate
 from coalora.search.predictor import Predictor
 from coalora.space import Configuration
+from coalora.tmp import process_tmp
 from ui.turns import Turns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +41,7 @@ BASELINE_PRESETS = ("nf2", "nf3", "nf4", "nf8")
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    """What the UI must say about the engine, honestly."""
-
+class EngineInfo:  # what the UI must say about the engine, honestly
     model: str
     model_description: str
     method: str  # "coalora" (adapter loaded) or "base"
@@ -57,28 +59,22 @@ class Engine:
     goes through `self.lock`. predictor: the front and GP (or None); costs: the cost table
     for fast / ilp allocation (or None); workdir: where downloads are written."""
 
-    def __init__(self, loaded: LoadedModel, model_name: str, *, task: str = "sst2", n_rows: int = 128,
+    def __init__(self, loaded: LoadedModel, model_name: str, *, task: str = "sst2", n_rows: int = QUICK_ROWS,
                  seed: int = 0, dtype: str = "auto", predictor: Predictor | None = None, costs: Any = None,
                  baselines_path: Path | None = DEFAULT_BASELINES, workdir: Path | None = None,
                  notices: tuple[str, ...] = ()) -> None:
-        from coalora.data import load_split
-        from coalora.eval.scoring import resolve_dtype
-
         self.lock = threading.RLock()
         self.turns = Turns()  # evaluations run one after another, chunk by chunk (ui/turns.py)
         self.model, self.tokenizer, self.loaded = loaded.model, loaded.tokenizer, loaded
         self.space = self.model.space
         self.model_name, self.task, self.seed = model_name, task, seed
-        split = load_split(task, "test", seed)
-        self.split = split.head(min(n_rows, len(split)))
+        self.split = quick_split(task, seed, n_rows)  # the selection measure: dev rows
+        self.report_split = load_split(task, "test", seed)  # the reportable measure: every test row
         self.dtype = resolve_dtype(dtype, self.model)
         self.predictor, self.costs, self.baselines_path = predictor, costs, baselines_path
         self.notices = list(notices) + (predictor.notices if predictor is not None else [])
-        if workdir is None:  # inside this process's temp folder: removed at exit, swept after a crash
-            from coalora.tmp import process_tmp
-
-            workdir = Path(tempfile.mkdtemp(prefix="app-", dir=process_tmp()))
-        self.workdir = Path(workdir)
+        # Downloads go inside this process's temp folder: removed at exit, swept after a crash.
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="app-", dir=process_tmp()))
         self._applied: str | None = None  # hash of the configuration now in the model
         self._baselines: list[ResultRecord] | None = None
 
@@ -141,14 +137,16 @@ class Engine:
             with nullcontext() if adapter else self.model.disable_adapter():
                 yield
 
-    def evaluate(self, config: Configuration, adapter: bool = True) -> Iterator[ResultRecord]:
-        """Stream the quick eval of `config`: one ResultRecord per chunk (after 8, 24, 56 ... rows),
-        the last with extra['done'] True. The lock is held for one chunk at a time."""
+    def evaluate(self, config: Configuration, adapter: bool = True, report: bool = False) -> Iterator[ResultRecord]:
+        """Stream the quick eval of `config` (report: every test row instead, the reportable
+        number): one ResultRecord per chunk (after 8, 24, 56 ... rows), the last with
+        extra['done'] True. The lock is held for one chunk at a time."""
         from coalora.eval import iter_eval
 
         with_adapter = adapter and self.model.has_adapter
+        split, role = (self.report_split, "report") if report else (self.split, "select")
         t0 = time.perf_counter()
-        it = iter_eval(self.model, self.tokenizer, self.split, dtype=self.dtype, stream=True)
+        it = iter_eval(self.model, self.tokenizer, split, dtype=self.dtype, stream=True)
         with self.turns.joined() as ticket, closing(it):
             while True:
                 with self.turns.turn(ticket), self._using(config, adapter):
@@ -156,14 +154,15 @@ class Engine:
                 if est is None:
                     return
                 yield ResultRecord.from_estimate(
-                    est, config=config, model=self.model_name, split=self.split, seed=self.seed,
+                    est, config=config, model=self.model_name, split=split, seed=self.seed,
                     method=self.loaded.method if with_adapter else "base",
                     checkpoint=self.loaded.checkpoint if with_adapter else None, seconds=time.perf_counter() - t0,
-                    extra={"done": est.done, "n_target": est.n_target, "source": "app quick eval",
+                    extra={"done": est.done, "n_target": est.n_target, "role": role,
+                           "source": "app test confirmation" if report else "app quick eval",
                            "summary": config.describe()})
 
-    def evaluate_final(self, config: Configuration, adapter: bool = True) -> ResultRecord:
-        *_, rec = self.evaluate(config, adapter)
+    def evaluate_final(self, config: Configuration, adapter: bool = True, report: bool = False) -> ResultRecord:
+        *_, rec = self.evaluate(config, adapter, report)
         return rec
 
     # ---- baselines: the quantized base without adapter at uniform presets ----------------------

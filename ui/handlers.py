@@ -198,16 +198,17 @@ def figure(engine: Engine, state: SessionState) -> Any:
     info = engine.info()
     metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
     return result_figure(state.points, state.current, _front_line(engine),
-                         [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task)
+                         [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task,
+                         rows=f"{len(engine.split)} {engine.split.part} rows (quick eval)")
 
 
 def table(state: SessionState) -> list[list[Any]]:
-    rows = points_table(state.points)
+    rows = points_table(state.points, state.reports)
     return [list(r.values()) for r in rows]
 
 
-TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "method",
-                 "config_hash", "summary"]
+TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "test (reportable)",
+                 "method", "config_hash", "summary"]
 
 
 def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> str:
@@ -245,10 +246,36 @@ def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
             yield [state, figure(engine, state), status_line(d, prediction), table(state)]
 
 
+def report_line(rec: dict[str, Any]) -> str:
+    extra = rec.get("extra") or {}
+    state = "final" if extra.get("done") else "streaming"
+    return (f"**Reportable:** {rec['metric']} **{rec['value']:.3f} ± {rec['stderr']:.3f}** on {rec['n']}/"
+            f"{extra.get('n_target', '?')} {rec['split'].get('part', 'test')} rows ({state}, {rec['seconds']:.1f} s) · "
+            f"configuration `{rec['config_hash']}`. Choose configurations by the quick eval (dev rows); "
+            "report this number, measured once on rows no choice has looked at.")
+
+
+def report_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
+    """Score the session's configuration on every row of the test part, the number to report
+    (the quick eval is on dev rows, where choosing happens): yields [state, report line,
+    table]; the final record is kept in state.reports. Superseded like evaluate_stream."""
+    config = current_config(engine, state)
+    _set(state, config)
+    mine = state.config
+    with closing(engine.evaluate(config, report=True)) as records:
+        for rec in records:
+            if state.config != mine:
+                return
+            d = rec.to_dict()
+            if d["extra"].get("done"):
+                state.reports[config.hash] = d
+            yield [state, report_line(d), table(state)]
+
+
 def table_csv(engine: Engine, state: SessionState) -> str:
     """The session's table as a CSV file -> path."""
     buf = io.StringIO()
-    rows = points_table(state.points)
+    rows = points_table(state.points, state.reports)
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else TABLE_HEADERS)
     w.writeheader()
     w.writerows(rows)

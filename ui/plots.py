@@ -67,7 +67,8 @@ def _hover(rec: dict[str, Any], title: str) -> str:
 
 def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | None = None,
                   front: Any = None, baselines: Sequence[dict[str, Any]] = (),
-                  prediction: Sequence[float] | None = None, metric: str = "accuracy", task: str = "sst2"):
+                  prediction: Sequence[float] | None = None, metric: str = "accuracy", task: str = "sst2",
+                  rows: str = "quick-eval rows"):
     """Score vs average bits: the front line with its band, the baselines, this session's
     points, and the current point with its error bar and the GP's prediction.
 
@@ -120,7 +121,7 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
-        yaxis={"title": {"text": f"{task} {metric} (quick eval, ± 1 stderr)"}},
+        yaxis={"title": {"text": f"{task} {metric} on {rows} (± 1 stderr)"}},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )
@@ -131,16 +132,21 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
     return fig
 
 
-def points_table(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows for the session table / CSV: one per evaluated point, newest first."""
+def points_table(points: Sequence[dict[str, Any]], reports: dict[str, dict[str, Any]] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Rows for the session table / CSV: one per evaluated point, newest first; `reports`
+    (config hash -> record on the full test part) fills the reportable column."""
     rows = []
+    reports = reports or {}
     for r in reversed(points):
+        rep = reports.get(r.get("config_hash"))
         extra = r.get("extra") or {}
         pred = extra.get("predicted")
         rows.append({
             "avg_bits": round(r["avg_bits"], 4), "size_MB": round(r["packed_bytes"] / MB, 3),
             r.get("metric", "value"): round(r["value"], 4), "stderr": round(r["stderr"], 4), "n": r["n"],
             "predicted": None if not pred else round(pred[0], 4), "pred_std": None if not pred else round(pred[1], 4),
+            "test (reportable)": None if rep is None else f"{rep['value']:.4f} ± {rep['stderr']:.4f} (n={rep['n']})",
             "method": r.get("method"), "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
         })
     return rows

@@ -16,12 +16,14 @@ MAX_POINTS = 500  # a long demo session keeps its latest points; the table and p
 class SessionState:
     """config: (n_matrices, 5) field indices of the current configuration (None before the first
     change); points: finished quick-eval records of this session, oldest first; current: the
-    latest (possibly still streaming) record of the current configuration."""
+    latest (possibly still streaming) record of the current configuration; reports: the
+    reportable scores on the full test part, asked for explicitly per configuration."""
 
     config: list[list[int]] | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
     current: dict[str, Any] | None = None
     prediction: tuple[float, float] | None = None
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # config hash -> full-test record
 
     def add_point(self, record: dict[str, Any]) -> None:
         """Keep a finished record (replacing an earlier one of the same configuration)."""

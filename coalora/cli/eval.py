@@ -1,8 +1,12 @@
 """`coalora eval`: score a (quantized, optionally adapted) model on a packaged task.
 
 Quick eval by default (the first 128 rows of the task's seeded test part), --limit N for
-another size, --full for every row of the part. Prints a summary (or one JSON object with
---json) and appends a result record (coalora.results) unless --no-record.
+another size, --full for every row of the part. --quick scores exactly the quick-eval rows
+that the search pool, the GP and the predicted front use (coalora.eval.harness.quick_split:
+the dev part; record extra.role = "select"); --report scores the whole test part, the
+reportable number (extra.role = "report"); docs/design.md, "Evaluation". Prints a summary
+(or one JSON object with --json) and appends a result record (coalora.results) unless
+--no-record.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ def register(sub) -> None:
                    help="data part (default: test; 'all' only for zero-shot numbers of an untrained base)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows of the part (default 128)")
     p.add_argument("--full", action="store_true", help="evaluate every row of the part")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick-eval rows of the search pool, GP and predicted front (the first "
+                   "QUICK_ROWS rows of the dev part, coalora.eval.harness.quick_split); for selecting "
+                   "configurations, not for reporting (record extra.role = select)")
+    p.add_argument("--report", action="store_true",
+                   help="every row of the test part: the reportable number (record extra.role = report)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (default 0; must match training's)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="compute precision (auto: bf16 where the CPU supports it, else fp32)")
@@ -51,6 +61,16 @@ def _select_split(args: argparse.Namespace):
     from coalora.data import load_split
     from coalora.eval import DEFAULT_N
 
+    if args.quick or args.report:
+        from coalora.eval.harness import quick_split
+
+        which = "--quick" if args.quick else "--report"
+        if args.quick and args.report:
+            raise DataError("--quick and --report exclude each other: --quick scores the dev rows used for "
+                            "selection, --report the whole test part")
+        if args.full or args.limit is not None or args.part != "test":
+            raise DataError(f"{which} fixes the rows; do not combine it with --part, --limit or --full")
+        return quick_split(args.task, args.seed) if args.quick else load_split(args.task, "test", args.seed)
     if args.full and args.limit is not None:
         raise DataError("--limit and --full exclude each other: --full evaluates every row of the part")
     split = load_split(args.task, args.part, args.seed)
@@ -95,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     assert est is not None
 
+    role = {"role": "select"} if args.quick else {"role": "report"} if args.report else {}
     record = ResultRecord.from_estimate(est, config=config, model=args.model, split=split, method=method,
-                                        checkpoint=checkpoint, config_path=None if config is None else str(args.config))
+                                        checkpoint=checkpoint, config_path=None if config is None else str(args.config),
+                                        extra=role)
     if not args.no_record:
         append_record(args.records, record)
     out = {k: v for k, v in record.to_dict().items() if k != "config"}
@@ -107,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     bits = "as loaded (no quantization)" if config is None else f"{config.avg_bits:.3f} bits/weight, {config.packed_bytes:,} bytes"
     print(f"model     {args.model} ({method}{', ' + checkpoint if checkpoint else ''})")
     print(f"config    {args.config}: {bits}")
-    print(f"task      {args.task} / {args.part} (seed {args.seed}, {est.n} rows, split {split.manifest_hash})")
+    label = {"select": "  [quick eval: for selection, not a reportable number]",
+             "report": "  [reportable: the whole test part]"}.get(role.get("role", ""), "")
+    print(f"task      {args.task} / {split.part} (seed {args.seed}, {est.n} rows, split {split.manifest_hash}){label}")
     print(f"{est.metric:<9} {est.value:.4f} ± {est.stderr:.4f}   ({est.seconds:.1f} s, {est.dtype})")
     for k, v in est.extra.items():
         print(f"{k:<9} {v}")

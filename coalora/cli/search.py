@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--iterations", type=int, default=3, help="search rounds (default 3; 0 = only the initial pool)")
     p.add_argument("--batch", type=int, default=4, help="configurations proposed per round (default 4)")
     p.add_argument("--dev-rows", type=int, default=None,
-                   help=f"rows of the dev part in the fixed batch (default min({DEFAULT_DEV_ROWS}, part size))")
+                   help=f"rows of the dev part in the fixed batch (default: the quick-eval rows, coalora.eval.harness.quick_split: min({DEFAULT_DEV_ROWS}, part size))")
     p.add_argument("--objective", choices=OBJECTIVES, default="error",
                    help="f1: error = 1 - accuracy (bits per byte for lambada), loss = training loss (default error)")
     p.add_argument("--records", default=str(DEFAULT_RECORDS), help=f"JSON-lines file to append records to (default {DEFAULT_RECORDS})")

@@ -27,6 +27,10 @@ from coalora.eval import scoring
 from coalora.eval.prompts import ChoicePrompt, LabelPrompt, TextPrompt, make_prompt
 
 DEFAULT_N = 128
+# The quick-eval set (docs/design.md, "Evaluation"): every row of the task's dev part up to
+# QUICK_ROWS (SST-2's dev part has 174). One measure for the search pool, the GP, the
+# predicted front and `coalora eval --quick`; the test part stays for reported numbers.
+QUICK_ROWS = 174
 FIRST_CHUNK = 8  # rows behind the first streamed estimate (issue 4: first estimate < 0.5 s; bench/eval_speed.py)
 MAX_CHUNK = 128
 MAX_TEXT_TOKENS = 1024
@@ -244,6 +248,14 @@ def iter_eval(
             )
     finally:
         model.train(was_training)
+
+
+def quick_split(task: str, seed: int = 0, n: int = QUICK_ROWS) -> Split:
+    """THE quick-eval rows (docs/design.md, "Evaluation"): the first min(n, part size) rows
+    of `task`'s dev part in seeded order. Used for selection (search pool, GP, predicted
+    front, app quick eval); reportable numbers use the test part."""
+    split = load_split(task, "dev", seed)
+    return split.head(min(n, len(split)))
 
 
 def iter_quick_eval(

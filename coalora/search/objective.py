@@ -1,7 +1,7 @@
 """The search's expensive black box for a trained checkpoint: f1 of the CURRENT adapted
 model under each configuration, on a fixed batch of a task's `dev` part.
 
-    obj = DevObjective(model, tokenizer, dev_batch("sst2", 64))  # model: a CoaLoraModel
+    obj = DevObjective(model, tokenizer, dev_batch("sst2"))      # model: a CoaLoraModel
     f1 = obj(configs)                                           # list[float], lower is better
     obj.last                                                    # one ResultRecord per config
 
@@ -15,7 +15,9 @@ kind "loss": the training loss on the same rows, smooth but not a task metric. I
 is training code and lives with the trainer (loss_objective in train/objective.py builds
 this class with it), so this package never imports training code (docs/design.md, "Search").
 The batch is fixed (the first n_rows of the part's seeded order), so the measurement is
-deterministic: repeated evaluation of one configuration gives the same value.
+deterministic: repeated evaluation of one configuration gives the same value. By default it
+is THE quick-eval set (coalora.eval.harness.quick_split, docs/design.md "Evaluation"), the
+rows `coalora eval --quick` and the app's quick eval score.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from coalora.data import Split
 from coalora.errors import ConfigError
+from coalora.eval.harness import QUICK_ROWS
 from coalora.metrics import to_error
 from coalora.results import ResultRecord
 from coalora.space import Configuration
@@ -33,19 +36,21 @@ if TYPE_CHECKING:
     from coalora.eval.harness import Estimate
 
 OBJECTIVES = ("error", "loss")
-DEFAULT_DEV_ROWS = 64
+DEFAULT_DEV_ROWS = QUICK_ROWS  # one definition of the quick-eval rows (coalora.eval.harness)
 
 # Scores the model, already set to the given configuration, -> an eval Estimate.
 Measurer = Callable[[Configuration], "Estimate"]
 
 
 def dev_batch(task: str, n_rows: int | None = None, split_seed: int = 0) -> Split:
-    """The fixed batch: the first `n_rows` rows of `task`'s dev part (None -> at most
-    DEFAULT_DEV_ROWS). DataError for an unknown task or an impossible n_rows."""
+    """The fixed batch: the first `n_rows` rows of `task`'s dev part (None -> the quick-eval
+    rows, coalora.eval.harness.quick_split). DataError for an unknown task or an impossible n_rows."""
     from coalora.data import load_split
+    from coalora.eval.harness import quick_split
 
-    split = load_split(task, "dev", split_seed)
-    return split.head(min(DEFAULT_DEV_ROWS, len(split)) if n_rows is None else n_rows)
+    if n_rows is None:
+        return quick_split(task, split_seed)
+    return load_split(task, "dev", split_seed).head(n_rows)
 
 
 def describe(split: Split, kind: str) -> dict[str, Any]:

@@ -31,8 +31,19 @@ forwards that need grad, `disable_adapter()` and models without an adapter (`for
 use the unmerged path; the base layers always keep Q(W0) itself.
 Memory: one merged copy of the target weights in the compute dtype, reused in place across
 configurations (not accumulated): +212 MB in bf16 (+425 MB in fp32) for SmolLM2-135M's
-106.2M target weights, on top of the switcher's originals and cache. `release_merged()`
-frees it; `merge_for_inference = False` switches merging off.
+106.2M target weights, on top of the switcher's originals and cache; a copy larger than the
+budget's `merged_bytes` is not made (unmerged path). `release_merged()` frees it;
+`merge_for_inference = False` switches merging off.
+
+Prefix reuse (issue 13; coalora.lora.prefix): an inference forward without a KV cache
+(grad off, eval mode, `use_cache=False`, keyword arguments only, as the eval's label and
+lambada scoring call it) starts at the first decoder block whose input hidden states are not
+cached for this batch and the configuration of the blocks before it; the logits are
+bit-identical to a full forward. `prefix_reuse = False` switches it off, `clear_prefix()`
+frees it.
+
+Byte budgets of the switcher cache, the merged weights and the prefix cache all come from
+coalora.lora.budget (one settings object; arguments to the constructor win).
 """
 
 from __future__ import annotations
@@ -44,10 +55,12 @@ import torch
 from torch import nn
 
 from coalora.errors import ConfigError
+from coalora.lora import budget
 from coalora.lora.hypernet import ConfigHyperNet
 from coalora.lora.layer import CoaLoraLinear
+from coalora.lora.prefix import REUSABLE_KWARGS, PrefixCache, boundary_keys, find_layers, tensor_digest
 from coalora.lora.spec import LoraSpec
-from coalora.lora.switcher import DEFAULT_CACHE_BYTES, WeightSwitcher
+from coalora.lora.switcher import WeightSwitcher
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 
@@ -59,8 +72,12 @@ class CoaLoraModel(nn.Module):
     """
 
     def __init__(self, base_model: nn.Module, space: ConfigSpace, spec: LoraSpec | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int | None = None, prefix_bytes: int | None = None, merged_bytes: int | None = None,
+                 prefix_stride: int | None = None):
         super().__init__()
+        limits = budget.current()
+        cache_bytes = limits.switcher_cache_bytes if cache_bytes is None else cache_bytes
+        self.merged_bytes = limits.merged_bytes if merged_bytes is None else merged_bytes
         self.spec = spec or LoraSpec()
         self.space = space
         base_model.requires_grad_(False)
@@ -91,10 +108,18 @@ class CoaLoraModel(nn.Module):
         self._theta_version: tuple[int, ...] | None = None
         self.merge_for_inference = True  # False: always the unmerged path (benchmarks, parity tests)
         self.merge_stats = {"merged": 0}  # layers (re-)merged so far
+        self.prefix = PrefixCache(limits.prefix_bytes if prefix_bytes is None else prefix_bytes,
+                                  limits.prefix_stride if prefix_stride is None else prefix_stride)
+        self.prefix_reuse = True  # False: every forward runs all blocks (benchmarks, parity tests)
+        self._blocks: list[list[str]] = [[] for _ in range(space.n_blocks)]
+        for m in space.matrices:
+            self._blocks[m.block].append(m.name)
+        # the decoder layers (a plain reference, not a registered submodule: state dicts stay as they were)
+        object.__setattr__(self, "_layers", find_layers(base_model, {m.name: m.block for m in space.matrices}, space.n_blocks))
         self.train(base_model.training)  # new layers start in train mode; follow the base (eval after load_model)
 
     @classmethod
-    def for_base(cls, base_model: nn.Module, model_name: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> "CoaLoraModel":
+    def for_base(cls, base_model: nn.Module, model_name: str, cache_bytes: int | None = None) -> "CoaLoraModel":
         """Wrap a base model that has no trained adapter: a zero adapter, switched off, so
         the model computes exactly the (quantized) base and callers need no second code path."""
         model = cls(base_model, ConfigSpace.from_model(base_model, model_name), cache_bytes=cache_bytes)
@@ -179,11 +204,12 @@ class CoaLoraModel(nn.Module):
         self.space.check_same(config)
 
     # ---- merged inference weights (see the module docstring) ------------------------------
-    def _merge_allowed(self) -> bool:
+    def _merge_allowed(self, dtype: torch.dtype) -> bool:
         return (self.merge_for_inference and self.has_adapter and self._codes is not None
                 and not self._theta_in_graph and not torch.is_grad_enabled()
                 and (not self.training or self.spec.dropout == 0)
-                and all(layer.enabled for layer in self.adapted.values()))
+                and all(layer.enabled for layer in self.adapted.values())
+                and self.space.n_params * dtype.itemsize <= self.merged_bytes)
 
     def compute_dtype(self) -> torch.dtype:
         """The dtype the projections compute in now: autocast's when it is on for the
@@ -219,9 +245,10 @@ class CoaLoraModel(nn.Module):
             raise RuntimeError("CoaLoraModel: call set_configuration(config) before prepare_inference")
         with torch.no_grad():
             self._sync_mixing()
-            if not self._merge_allowed():
+            dtype = dtype or self.compute_dtype()
+            if not self._merge_allowed(dtype):
                 return 0
-            return self._ensure_merged(dtype or self.compute_dtype())
+            return self._ensure_merged(dtype)
 
     def release_merged(self) -> None:
         """Free the merged weights (rebuilt by the next inference forward)."""
@@ -245,14 +272,56 @@ class CoaLoraModel(nn.Module):
         if not self._configured:
             raise RuntimeError("CoaLoraModel: call set_configuration(config) before the forward pass")
         self._sync_mixing()
-        if not self._merge_allowed():
-            return self.model(*args, **kwargs)
-        self._ensure_merged(self.compute_dtype())
-        self._set_use_merged(True)  # only inside this call: direct calls of self.model stay unmerged
+        dtype = self.compute_dtype()
+        merged = self._merge_allowed(dtype)
+        if merged:
+            self._ensure_merged(dtype)
+            self._set_use_merged(True)  # only inside this call: direct calls of self.model stay unmerged
         try:
-            return self.model(*args, **kwargs)
+            keys = self._prefix_keys(args, kwargs, dtype, merged)
+            if keys is None:
+                return self.model(*args, **kwargs)
+            return self.prefix.run(self._layers, keys, lambda: self.model(**kwargs))
         finally:
-            self._set_use_merged(False)
+            if merged:
+                self._set_use_merged(False)
+
+    # ---- prefix reuse (see the module docstring and coalora.lora.prefix) --------------------
+    def _prefix_keys(self, args: tuple, kwargs: dict[str, Any], dtype: torch.dtype, merged: bool) -> list[bytes] | None:
+        """The boundary keys of this forward, or None when it must run in full: reuse off or
+        impossible, grad on, training mode, θ in the graph, a KV cache, positional or other
+        keyword arguments."""
+        if (not self.prefix_reuse or self.prefix.budget_bytes <= 0 or self._layers is None or args
+                or torch.is_grad_enabled() or self.training or self.model.training or self._theta_in_graph
+                or not REUSABLE_KWARGS.issuperset(kwargs) or not isinstance(kwargs.get("input_ids"), torch.Tensor)):
+            return None
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(self.model.config, "use_cache", True)
+        if use_cache:
+            return None
+        w = self._first_weight()
+        adapter_on = [layer.enabled for layer in self.adapted.values()]
+        global_state = (dtype, w.dtype, str(w.device), merged, any(adapter_on),
+                        self._version_of_theta() if self.theta is not None and any(adapter_on) else None,
+                        getattr(self.model.config, "_attn_implementation", None))
+        blocks = []
+        for names in self._blocks:
+            state = []
+            for name in names:
+                layer = self.adapted[name]
+                entry: tuple = (name, self.switcher.current[name], layer.enabled)
+                if layer.enabled:
+                    A, B = layer.lora_A.weight, layer.lora_B.weight
+                    entry += (id(A), A._version, id(B), B._version)
+                state.append(entry)
+            blocks.append(state)
+        batch = tensor_digest(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.get("position_ids"))
+        return boundary_keys(batch, global_state, blocks)
+
+    def clear_prefix(self) -> None:
+        """Drop every cached hidden state of prefix reuse."""
+        self.prefix.clear()
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         if not self._configured:
@@ -298,5 +367,6 @@ class CoaLoraModel(nn.Module):
         if restore_weights:
             self.switcher.clear_cache()
         self.release_merged()
+        self.clear_prefix()
         self._codes, self._configured = None, False
         return self.model

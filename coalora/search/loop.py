@@ -73,7 +73,11 @@ class Pool:
 
     @classmethod
     def load(cls, path: str | Path, space: ConfigSpace) -> "Pool":
-        data = json.loads(Path(path).read_text())
+        from coalora import jsonfile
+
+        data = jsonfile.load(path, f"pool file {Path(path).name!r}")
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+            raise ConfigError(f"pool file {Path(path).name!r} must be a JSON object with a 'points' list")
         if data.get("format") != POOL_FORMAT:
             raise ConfigError(f"{path}: field 'format' is {data.get('format')!r}; expected {POOL_FORMAT!r}")
         space.check_fingerprint(data.get("fingerprint") or "missing", f"pool {Path(path).name!r}", data.get("model"))
@@ -176,11 +180,15 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
     f1 = coalora.metrics.to_error(metric, value): 1 - value for accuracy-like metrics, else
     value. Records for another model raise ModelMismatchError.
     """
+    from coalora import jsonfile
+
     path = Path(path)
+    source = f"pool file {path.name!r}"
+    raw = jsonfile.read_bytes(path, source)  # regular file, size cap: ConfigError otherwise
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read pool file {str(path)!r}: {e.strerror or e}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} is not UTF-8 text") from None
     stripped = text.lstrip()
     if stripped.startswith("{") and f'"{POOL_FORMAT}"' in stripped[:200]:
         return Pool.load(path, space)
@@ -189,11 +197,14 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
+                row = jsonfile.loads(line, source=f"{source} line {n}")
+            except ConfigError:
                 if n == len(lines) and not text.endswith("\n"):
                     continue  # a torn last line (crash while appending): coalora.results skips it too
-                raise ConfigError(f"{path} line {n} is not valid JSON ({e.msg})") from None
+                raise
+            if not isinstance(row, dict):
+                raise ConfigError(f"{source} line {n} is a JSON {type(row).__name__}; each line must be a result record object")
+            rows.append(row)
     # Records of the unquantized model ("none": no configuration) cannot join a pool.
     rows = [r for r in rows if r.get("config") is not None or r.get("config_path") is not None]
     kinds = sorted({(str(r.get("task")), str(r.get("metric"))) for r in rows})
@@ -208,17 +219,18 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
         space.check_fingerprint(r.get("fingerprint"), f"a record of {Path(path).name!r}", r.get("model"))
         if "config" in r and isinstance(r["config"], dict):
             cfg = space.from_dict(r["config"])
-        elif r.get("config_path") is not None:
+        elif isinstance(r.get("config_path"), str):
             from coalora.space import PRESETS
 
             ref = r["config_path"]
             cfg = space.load(ref if ref in PRESETS else path.parent / ref)
         else:
-            raise ConfigError(f"{path}: a record has neither 'config' nor 'config_path'")
-        if "value" not in r:
-            raise ConfigError(f"{path}: a record has no 'value'")
-        v = float(r["value"])
+            raise ConfigError(f"{source}: a record has neither a 'config' object nor a 'config_path' string")
+        v = r.get("value")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{source}: a record's 'value' is {str(v)[:40]!r}; it must be a number")
+        v = float(v)
         pool.add([cfg], [to_error(str(r.get("metric", "")), v)])
     if len(pool) == 0:
-        raise ConfigError(f"{path} holds no result records" + (f" for task {task!r}" if task else ""))
+        raise ConfigError(f"{source} holds no result records" + (f" for task {task!r}" if task else ""))
     return pool

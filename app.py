@@ -3,7 +3,9 @@
 Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860; set
 GRADIO_SERVER_NAME=0.0.0.0 on Spaces), COALORA_CHECKPOINT (default "default" =
 assets/checkpoints/default), COALORA_FRONT (default assets/front/default.json),
-COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's pool.json).
+COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's pool.json),
+COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
+default $COALORA_CACHE/app/observations.jsonl).
 
 `python app.py --write-baselines` measures the baselines the plot shows (the quantized base
 without adapter at nf2/3/4/8, quick eval) and writes them to assets/front/baselines.json
@@ -28,6 +30,7 @@ def load_engine(env: Mapping[str, str]):
 
     from coalora.errors import CheckpointError
     from coalora.lora import read_metadata
+    from coalora.models import cache_dir
     from ui.engine import DEFAULT_FRONT, Engine
 
     checkpoint = env.get("COALORA_CHECKPOINT", "default")
@@ -42,7 +45,10 @@ def load_engine(env: Mapping[str, str]):
         checkpoint = None
     front = Path(env["COALORA_FRONT"]) if env.get("COALORA_FRONT") else DEFAULT_FRONT
     pools = [Path(env["COALORA_POOL"])] if env.get("COALORA_POOL") else None  # None: the checkpoint's, then the shipped one
-    return Engine.load(checkpoint, front_path=front, pool_paths=pools, notices=tuple(notices))
+    # Every evaluation made in the app becomes a GP observation, kept across restarts.
+    observations = Path(env.get("COALORA_OBSERVATIONS") or cache_dir() / "app" / "observations.jsonl")
+    return Engine.load(checkpoint, front_path=front, pool_paths=pools, observations=observations,
+                       notices=tuple(notices))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -356,3 +356,38 @@ def test_quick_eval_is_on_dev_rows_and_the_reportable_score_on_every_test_row(en
     assert outs[-1][2][0][7].startswith(f"{rep['value']:.4f}")  # the table's reportable column
     fig = h.figure(engine, st)
     assert f"{len(engine.split)} dev rows" in fig.layout.yaxis.title.text
+
+
+def test_the_gp_learns_from_every_app_evaluation_and_remembers_across_restarts(tmp_path):
+    """Each final quick-eval record becomes an observation (an append-only records file); the GP
+    refits on it (the front follows), the plot marks the point as seen by the front, the
+    calibration panel shows the prediction made before measuring; a new engine on the same
+    file starts with it; records of other rows are never mixed in."""
+    from coalora.results import ResultRecord, read_records
+
+    obs = tmp_path / "observations.jsonl"
+    engine = make_tiny_engine(tmp_path / "a", n_rows=8, observations=obs)
+    p = engine.predictor
+    assert p.surrogate() is None  # no pool yet: nothing to fit
+    cfgs = [engine.preset(n) for n in ("nf2", "nf3", "nf4", "nf8")]
+    for c in cfgs:
+        st = SessionState()
+        st.config = c.encode().tolist()
+        list(h.evaluate_stream(engine, st))
+    p.refit(wait=True)  # wait for the background refits to settle
+    assert not any("refit failed" in n for n in p.notices), p.notices
+    recs = read_records(obs)
+    assert [r.config_hash for r in recs] == [c.hash for c in cfgs] and all(r.extra["role"] == "select" for r in recs)
+    assert p.surrogate() is not None and p.observed == {c.hash for c in cfgs}
+    assert p.front.meta.get("refit_in_app") and p.front.meta["n_observations"] == 4
+    shown = SessionState(points=[r.to_dict() for r in recs])
+    assert [t.name for t in h.figure(engine, shown).data if "this session" in t.name] == ["this session, seen by the front"]
+    st = SessionState()
+    st.config = engine.preset("nf3").encode().tolist()
+    list(h.evaluate_stream(engine, st))  # now with a prediction made before measuring
+    fig, summary = h.calibration(engine)
+    assert summary.startswith("1 observations") and len(fig.data) == 2
+    other = ResultRecord.from_dict({**recs[0].to_dict(), "split_hash": "other-rows", "value": 0.0})
+    assert not p.observe(other, background=False)  # measured on other rows: refused
+    again = make_tiny_engine(tmp_path / "b", n_rows=8, observations=obs)  # a restart (same checkpoint name)
+    assert again.predictor.surrogate() is not None and again.predictor.observed == {c.hash for c in cfgs}

@@ -13,7 +13,7 @@ VOCAB = 260
 
 
 def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True, task: str = "sst2",
-                     with_costs: bool = True):
+                     with_costs: bool = True, observations: Path | None = None):
     from test_eval import make_byte_tokenizer
 
     from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
@@ -42,4 +42,4 @@ def make_tiny_engine(tmp: Path, n_rows: int = 24, with_front: bool = True, task:
                     for i, (b, p) in enumerate([(2.2, "nf2"), (3.2, "nf3"), (4.2, "nf4")]))
         front = PredictedFront(pts, space, meta={"metric": "accuracy", "task": "sst2"}).save(tmp / "front.json")
     return Engine.load(str(tmp / "ckpt"), costs=costs, front_path=front, baselines_path=None, pool_paths=(),
-                       n_rows=n_rows, dtype="fp32", task=task)
+                       n_rows=n_rows, dtype="fp32", task=task, observations=observations)

@@ -81,10 +81,10 @@ class Engine:
     @classmethod
     def load(cls, checkpoint: str | None = "default", model_name: str | None = None, *,
              front_path: Path | None = DEFAULT_FRONT, pool_paths: Sequence[Path] | None = None,
-             **kwargs: Any) -> "Engine":
+             observations: Path | None = None, **kwargs: Any) -> "Engine":
         """The checkpoint on its base (None: the base `model_name` with no adapter), its cost
-        table, and a Predictor on `front_path` and the first existing file of `pool_paths`
-        (None: the checkpoint's pool.json, then the shipped pool)."""
+        table, and a Predictor on `front_path`, the first existing file of `pool_paths` (None:
+        the checkpoint's pool.json, then the shipped pool) and the app's `observations` file."""
         from coalora.lora import load_for_eval, read_metadata
         from coalora.search.costs import load_costs
 
@@ -96,7 +96,10 @@ class Engine:
         if pool_paths is None:
             pool_paths = [p for p in (folder and folder / "pool.json", DEFAULT_POOL) if p]
         pools = [Path(p) for p in pool_paths if p and Path(p).is_file()]
-        predictor = Predictor(loaded.model.space, kwargs.get("task", "sst2"), front_path, pools[0] if pools else None)
+        task = kwargs.get("task", "sst2")
+        rows = quick_split(task, kwargs.get("seed", 0), kwargs.get("n_rows", QUICK_ROWS)).manifest_hash
+        predictor = Predictor(loaded.model.space, task, front_path, pools[0] if pools else None, observations,
+                              split_hash=rows, checkpoint=loaded.checkpoint)
         return cls(loaded, model_name, predictor=predictor, **kwargs)
 
     def info(self) -> EngineInfo:
@@ -108,7 +111,6 @@ class Engine:
             task=self.task, n_rows=len(self.split), dtype=self.dtype, notices=tuple(self.notices),
             gp_available=p is not None and p.available, front_available=p is not None and p.front is not None)
 
-    # ---- configurations -----------------------------------------------------------------------
     def preset(self, name: str) -> Configuration:
         return self.space.preset(name)
 
@@ -121,11 +123,9 @@ class Engine:
         got = allocate(source, budget, method)
         return got.config, got.note
 
-    def predict(self, config: Configuration) -> tuple[float, float] | None:
-        """The GP's (mean, std) for `config` in the task metric, or None without a GP."""
+    def predict(self, config: Configuration) -> tuple[float, float] | None:  # GP (mean, std) in the metric
         return None if self.predictor is None else self.predictor.predict(config)
 
-    # ---- the shared model ---------------------------------------------------------------------
     @contextmanager
     def _using(self, config: Configuration, adapter: bool = True) -> Iterator[None]:
         """Hold the lock with the model computing under `config` (adapter on or off)."""
@@ -145,6 +145,8 @@ class Engine:
 
         with_adapter = adapter and self.model.has_adapter
         split, role = (self.report_split, "report") if report else (self.split, "select")
+        # The GP's prediction BEFORE the point is measured (then learned from): honest calibration data.
+        pred = self.predict(config) if with_adapter and not report else None
         t0 = time.perf_counter()
         it = iter_eval(self.model, self.tokenizer, split, dtype=self.dtype, stream=True)
         with self.turns.joined() as ticket, closing(it):
@@ -153,19 +155,20 @@ class Engine:
                     est = next(it, None)
                 if est is None:
                     return
-                yield ResultRecord.from_estimate(
+                rec = ResultRecord.from_estimate(
                     est, config=config, model=self.model_name, split=split, seed=self.seed,
                     method=self.loaded.method if with_adapter else "base",
                     checkpoint=self.loaded.checkpoint if with_adapter else None, seconds=time.perf_counter() - t0,
                     extra={"done": est.done, "n_target": est.n_target, "role": role,
                            "source": "app test confirmation" if report else "app quick eval",
-                           "summary": config.describe()})
+                           "summary": config.describe(), **({"predicted": list(pred)} if pred else {})})
+                if est.done and with_adapter and not report and self.predictor:  # the GP learns (background refit)
+                    self.predictor.observe(rec)
+                yield rec
 
     def evaluate_final(self, config: Configuration, adapter: bool = True, report: bool = False) -> ResultRecord:
-        *_, rec = self.evaluate(config, adapter, report)
-        return rec
+        return [*self.evaluate(config, adapter, report)][-1]
 
-    # ---- baselines: the quantized base without adapter at uniform presets ----------------------
     def baselines(self, compute: bool = False) -> list[ResultRecord]:
         """Read from the baselines file (same task, model and rows), else measured here when
         `compute`, then kept in memory."""
@@ -179,21 +182,18 @@ class Engine:
 
     def measure_baselines(self) -> list[ResultRecord]:
         """Quick-eval the quantized base (adapter off) at BASELINE_PRESETS -> final records."""
-        recs = []
-        for p in BASELINE_PRESETS:
-            rec = self.evaluate_final(self.space.preset(p), adapter=False)
+        recs = [self.evaluate_final(self.space.preset(p), adapter=False) for p in BASELINE_PRESETS]
+        for rec, p in zip(recs, BASELINE_PRESETS):
             rec.config_path, rec.extra["preset"] = p, p
-            recs.append(rec)
         return recs
 
-    # ---- downloads ----------------------------------------------------------------------------
     def export_zip(self, config: Configuration, folder: Path) -> Path:
         """A zip of the peft adapter folder for `config` plus its configuration JSON, written
         into `folder` (a fresh one, see ui.downloads) -> path."""
+        from coalora.export import export_zip
+
         if not self.model.has_adapter:
             raise ConfigError("no trained adapter is loaded, so there is no adapter to export; "
                               "download the configuration JSON instead")
-        from coalora.export import export_zip
-
         with self.lock:
             return export_zip(self.model, config, folder, self.model_name)

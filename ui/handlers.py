@@ -24,7 +24,7 @@ from coalora.space import ATTENTION_TYPES, MLP_TYPES, Configuration
 from coalora.errors import ConfigError
 from ui import downloads
 from ui.engine import Engine
-from ui.plots import MB, front_line, points_table, result_figure
+from ui.plots import MB, calibration_figure, front_line, points_table, result_figure
 from ui.state import SessionState
 
 BITS = FIELD_VALUES["bits"]
@@ -199,7 +199,8 @@ def figure(engine: Engine, state: SessionState) -> Any:
     metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
     return result_figure(state.points, state.current, _front_line(engine),
                          [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task,
-                         rows=f"{len(engine.split)} {engine.split.part} rows (quick eval)")
+                         rows=f"{len(engine.split)} {engine.split.part} rows (quick eval)",
+                         seen=engine.predictor.observed if engine.predictor is not None else ())
 
 
 def table(state: SessionState) -> list[list[Any]]:
@@ -230,16 +231,13 @@ def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     config = current_config(engine, state)
     _set(state, config)
     mine = state.config
-    prediction = engine.predict(config)
-    state.prediction = prediction
     with closing(engine.evaluate(config)) as records:
         while state.config == mine:
             rec = next(records, None)
             if rec is None or state.config != mine:
                 return
             d = rec.to_dict()
-            if prediction is not None:
-                d["extra"]["predicted"] = list(prediction)
+            prediction = state.prediction = tuple(d["extra"]["predicted"]) if "predicted" in d["extra"] else None
             state.current = d
             if d["extra"].get("done"):
                 state.add_point(d)
@@ -270,6 +268,17 @@ def report_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
             if d["extra"].get("done"):
                 state.reports[config.hash] = d
             yield [state, report_line(d), table(state)]
+
+
+def calibration(engine: Engine) -> list[Any]:
+    """[figure, summary] of GP-predicted vs measured over every app observation so far."""
+    from coalora.results import iter_records
+
+    p = engine.predictor
+    recs = [] if p is None or p.observations is None else [
+        r.to_dict() for r in iter_records(p.observations)
+        if r.split_hash == engine.split.manifest_hash and r.checkpoint == p.checkpoint]
+    return list(calibration_figure(recs, p.metric if p is not None else "accuracy"))
 
 
 def table_csv(engine: Engine, state: SessionState) -> str:

@@ -102,6 +102,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                                    interactive=False, wrap=True, elem_id="points")
                 csv_btn = gr.Button("Table as CSV", size="sm")
                 csv_file = gr.File(label="CSV", interactive=False, height=90)
+                with gr.Accordion("Calibration: GP-predicted vs measured", open=False):
+                    calib_md = gr.Markdown("", elem_id="calibration-summary")
+                    calib_plot = gr.Plot(label="Predicted vs measured", elem_id="calibration")
+                    calib_btn = gr.Button("Refresh calibration", size="sm")
 
         controls = [*sliders, attn, mlp, *fields]
         cfg_out = [state, size_md, download, *controls]
@@ -139,6 +143,8 @@ def build_app(engine: Engine) -> gr.Blocks:
         export_btn.click(partial(h.export, engine), [state], [export_file], api_visibility="private")
         csv_btn.click(partial(h.table_csv, engine), [state], [csv_file], api_visibility="private")
         demo.load(partial(h.figure, engine), [state], [plot], api_visibility="private")
+        calib_btn.click(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
+        demo.load(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
 
         def evaluate_api(configuration: str) -> Iterator[str]:
             yield from h.api_evaluate(engine, configuration)

@@ -7,7 +7,7 @@ summary and `extra.predicted` the GP's (mean, std) when known.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from coalora.metrics import from_error, higher_is_better
 
@@ -68,11 +68,12 @@ def _hover(rec: dict[str, Any], title: str) -> str:
 def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | None = None,
                   front: Any = None, baselines: Sequence[dict[str, Any]] = (),
                   prediction: Sequence[float] | None = None, metric: str = "accuracy", task: str = "sst2",
-                  rows: str = "quick-eval rows"):
+                  rows: str = "quick-eval rows", seen: Collection[str] = ()):
     """Score vs average bits: the front line with its band, the baselines, this session's
     points, and the current point with its error bar and the GP's prediction.
 
-    front: a FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ.
+    front: a FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ. seen: hashes of the
+    configurations the GP behind the front was fitted on (filled markers; open: not yet).
     """
     import plotly.graph_objects as go
 
@@ -100,12 +101,15 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             hovertext=[_hover(r, f"quantized base, no adapter ({(r.get('extra') or {}).get('preset', '')})") for r in b],
             hoverinfo="text"))
     done = [p for p in points if current is None or p.get("config_hash") != current.get("config_hash")]
-    if done:
-        fig.add_trace(go.Scatter(
-            x=[r["avg_bits"] for r in done], y=[r["value"] for r in done], mode="markers", name="this session",
-            marker={"size": 8, "color": "rgb(0,150,136)"},
-            error_y={"type": "data", "array": [r["stderr"] for r in done], "visible": True, "thickness": 1},
-            hovertext=[_hover(r, "evaluated this session") for r in done], hoverinfo="text"))
+    for group, name, symbol in ((True, "this session, seen by the front", "circle"),
+                                (False, "this session, not yet seen by the front", "circle-open")):
+        pts = [r for r in done if (r.get("config_hash") in seen) == group]
+        if pts:
+            fig.add_trace(go.Scatter(
+                x=[r["avg_bits"] for r in pts], y=[r["value"] for r in pts], mode="markers", name=name,
+                marker={"size": 8, "color": "rgb(0,150,136)", "symbol": symbol, "line": {"width": 2}},
+                error_y={"type": "data", "array": [r["stderr"] for r in pts], "visible": True, "thickness": 1},
+                hovertext=[_hover(r, "evaluated this session") for r in pts], hoverinfo="text"))
     if current is not None:
         fig.add_trace(go.Scatter(
             x=[current["avg_bits"]], y=[current["value"]], mode="markers", name="current",
@@ -150,3 +154,36 @@ def points_table(points: Sequence[dict[str, Any]], reports: dict[str, dict[str, 
             "method": r.get("method"), "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
         })
     return rows
+
+
+def calibration_figure(records: Sequence[dict[str, Any]], metric: str = "accuracy"):
+    """GP-predicted vs measured for every observation whose prediction was made before it was
+    measured (extra.predicted = [mean, std]): the y = x line, ±2σ bars. -> (figure, summary
+    line: how many, share inside ±2σ, Spearman rank correlation)."""
+    import plotly.graph_objects as go
+    from scipy.stats import spearmanr
+
+    pts = [r for r in records if (r.get("extra") or {}).get("predicted")]
+    pred = [r["extra"]["predicted"][0] for r in pts]
+    sd = [r["extra"]["predicted"][1] for r in pts]
+    meas = [r["value"] for r in pts]
+    fig = go.Figure()
+    lo, hi = min(pred + meas + [0.4]), max(pred + meas + [1.0])
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot", "color": "gray"}))
+    if pts:
+        fig.add_trace(go.Scatter(
+            x=pred, y=meas, mode="markers", name="observations", marker={"size": 7, "color": "rgb(99,110,250)"},
+            error_x={"type": "data", "array": [2 * s for s in sd], "visible": True, "thickness": 1},
+            hovertext=[f"{(r.get('extra') or {}).get('summary', '')}<br>{r['avg_bits']:.3f} bits<br>predicted "
+                       f"{p:.3f} ± {2 * s:.3f} (2σ)<br>measured {m:.3f} ± {r['stderr']:.3f}"
+                       for r, p, s, m in zip(pts, pred, sd, meas)], hoverinfo="text"))
+    fig.update_layout(xaxis={"title": {"text": f"GP-predicted {metric} (± 2σ), made before measuring"}},
+                      yaxis={"title": {"text": f"measured {metric} (quick eval)"}}, height=380,
+                      template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 40},
+                      legend={"orientation": "h", "y": -0.25})
+    if not pts:
+        return fig, "No calibration data yet: every evaluation made in the app adds one point."
+    inside = sum(abs(m - p) <= 2 * s for p, s, m in zip(pred, sd, meas)) / len(pts)
+    rho = spearmanr(pred, meas).statistic if len(pts) >= 3 else float("nan")
+    return fig, (f"{len(pts)} observations: {inside:.0%} inside their ±2σ interval, Spearman rank correlation "
+                 f"{rho:.2f} (each prediction was made before its point was measured and learned from).")

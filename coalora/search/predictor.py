@@ -1,6 +1,16 @@
-"""What the app knows of the accuracy-vs-size trade-off beyond its own measurements: the
-precomputed predicted front and a GP fitted (lazily, once) on a pool of evaluated
-configurations (docs/design.md, "Search"). No model, no gradio."""
+"""What the app knows of the accuracy-vs-size trade-off beyond the point being measured: the
+predicted front and a GP fitted on a pool of evaluated configurations, which keeps learning
+from every evaluation made in the app (docs/design.md, "Search" and "App"). No model, no
+gradio.
+
+Observations: each final quick-eval record the app measures is appended (one locked line,
+coalora.results.append_record, safe with concurrent sessions and processes) to an
+observations file that persists across restarts; records measured on other rows or with
+another checkpoint are never mixed in. Each new observation schedules a refit in a
+background thread (several arriving during a refit cause one more refit, not many); the GP
+and the front are swapped in only when the refit succeeds, so predictions never wait for a
+refit and a failed refit keeps the previous GP and says so in `notices`.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from coalora.errors import CoaloraError
-from coalora.metrics import from_error
+from coalora.metrics import from_error, to_error
 from coalora.space import ConfigSpace, Configuration
 
 
 class Predictor:
-    """front: a PredictedFront or None; pool_path: result records / a saved pool, or None.
-    `notices` collects one line per thing that could not be loaded (shown by the app)."""
+    """front_path: the precomputed PredictedFront, or None; pool_path: result records / a saved
+    pool (the GP's starting data), or None; observations: the app's append-only records file,
+    or None (no learning); split_hash / checkpoint: what an observation must have been
+    measured on to be used. `notices` collects one line per thing that could not be loaded."""
 
     def __init__(self, space: ConfigSpace, task: str, front_path: Path | None = None,
-                 pool_path: Path | None = None) -> None:
+                 pool_path: Path | None = None, observations: Path | None = None,
+                 split_hash: str | None = None, checkpoint: str | None = None) -> None:
         self.space, self.task, self.pool_path = space, task, pool_path
+        self.observations, self.split_hash, self.checkpoint = observations, split_hash, checkpoint
         self.notices: list[str] = []
         self.front = self._read_front(front_path)
         self.metric = str(self.front.meta.get("metric", "accuracy")) if self.front is not None else "accuracy"
+        self.observed: set[str] = set()  # hashes of the configurations the current GP was fitted on
+        self.refits = 0  # successful refits after the first fit
         self._gp: Any = None
-        self._gp_error: str | None = None
-        self._lock = threading.Lock()
+        self._tried = False
+        self._lock = threading.Lock()  # guards the fitted state
+        self._refit_lock = threading.Lock()  # one refit at a time
+        self._dirty = threading.Event()
 
     def _read_front(self, path: Path | None) -> Any:
         from coalora.search.front import load_front
@@ -48,20 +66,95 @@ class Predictor:
     def available(self) -> bool:
         return self.pool_path is not None or self.front is not None
 
-    def surrogate(self) -> Any:
-        """The GP fitted on the pool (once), or None without a usable pool."""
-        with self._lock:
-            if self._gp is None and self._gp_error is None and self.pool_path is not None:
-                from coalora.search.gp import fit_surrogate
-                from coalora.search.loop import pool_from_records
+    # ---- data ---------------------------------------------------------------------------------
+    def _data(self) -> tuple[list[Configuration], list[float], int]:
+        """The pool plus every usable observation (the newest per configuration)
+        -> (configs, f1 values, number of observations used)."""
+        from coalora.results import iter_records
+        from coalora.search.loop import pool_from_records
 
+        by_hash: dict[str, tuple[Configuration, float]] = {}
+        n_obs = 0
+        if self.pool_path is not None:
+            pool = pool_from_records(self.pool_path, self.space, self.task)
+            by_hash.update({c.hash: (c, v) for c, v in zip(pool.configs, pool.values)})
+        if self.observations is not None:
+            for r in iter_records(self.observations):
+                if (r.task == self.task and r.split_hash == self.split_hash and r.checkpoint == self.checkpoint
+                        and r.config and (r.extra or {}).get("done")):
+                    try:
+                        c = self.space.from_dict(r.config)
+                    except CoaloraError:
+                        continue  # a record of another model: never mixed in
+                    by_hash[c.hash] = (c, to_error(r.metric, r.value))
+                    n_obs += 1
+        configs = [c for c, _ in by_hash.values()]
+        return configs, [v for _, v in by_hash.values()], n_obs
+
+    def _fit(self) -> None:
+        """Fit the GP (and, once the app has observations, the front) on the current data;
+        swap them in."""
+        from coalora.search.front import predicted_front
+        from coalora.search.gp import fit_surrogate
+
+        configs, values, n_obs = self._data()
+        if len(configs) < 2:  # a GP needs two points; until then the app shows no prediction
+            return
+        gp = fit_surrogate(configs, values, self.space)
+        front = self.front
+        if n_obs and front is not None:  # the app has measured points: the front follows the new GP
+            meta = {**front.meta, "n_observations": gp.n_observations, "refit_in_app": True}
+            new = predicted_front(gp, [p.budget for p in front.points], candidates=configs)
+            front = type(new)(new.points, new.space, new.objective, {**new.meta, **meta})
+        with self._lock:
+            self._gp, self.front, self.observed = gp, front, {c.hash for c in configs}
+
+    # ---- learning -----------------------------------------------------------------------------
+    def observe(self, record: Any, background: bool = True) -> bool:
+        """Keep a final quick-eval record (a ResultRecord) as an observation and refit in the
+        background -> whether it was kept (records of other rows or checkpoints are not)."""
+        from coalora.results import append_record
+
+        if (self.observations is None or record.split_hash != self.split_hash or record.checkpoint != self.checkpoint
+                or not (record.extra or {}).get("done") or record.config is None):
+            return False
+        append_record(self.observations, record)
+        self._dirty.set()
+        if background:
+            threading.Thread(target=self.refit, name="coalora-gp-refit", daemon=True).start()
+        else:
+            self.refit()
+        return True
+
+    def refit(self, wait: bool = False) -> None:
+        """Refit while new observations keep arriving; a failure keeps the previous GP.
+        wait: block until a refit already running has finished (then refit if still needed)."""
+        if not self._refit_lock.acquire(blocking=wait):
+            return  # the running refit sees the dirty flag and goes again
+        try:
+            while self._dirty.is_set():
+                self._dirty.clear()
                 try:
-                    pool = pool_from_records(self.pool_path, self.space, self.task)
-                    self._gp = fit_surrogate(pool.configs, pool.values, self.space)
-                except (CoaloraError, ValueError) as e:
-                    self._gp_error = f"GP pool {Path(self.pool_path).name} not usable: {e}"
-                    self.notices.append(self._gp_error)
+                    self._fit()
+                    self.refits += 1
+                except Exception as e:  # noqa: BLE001 - any failure: keep serving the previous GP
+                    self.notices.append(f"A GP refit failed ({type(e).__name__}: {e}); the previous GP is kept.")
+        finally:
+            self._refit_lock.release()
+
+    # ---- answers ------------------------------------------------------------------------------
+    def surrogate(self) -> Any:
+        """The current GP (fitted on first use), or None without usable data."""
+        if self._tried:
             return self._gp
+        with self._refit_lock:
+            if not self._tried:
+                try:
+                    self._fit()
+                except (CoaloraError, ValueError) as e:
+                    self.notices.append(f"GP pool {Path(self.pool_path).name if self.pool_path else ''} not usable: {e}")
+                self._tried = True
+        return self._gp
 
     def allocation_source(self) -> Any:
         """What `coalora.search.allocate.allocate(..., method="gp")` should search: the GP,

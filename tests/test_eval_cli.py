@@ -93,5 +93,6 @@ def test_fresh_checkpoint_scores_like_the_quantized_base(tiny_dir, tmp_path, cap
     adapted = json.loads(out)
     code, out, _ = run_cli(capsys, *common)
     plain = json.loads(out)
-    assert adapted["method"] == "coalora" and adapted["checkpoint"] == str(ckpt)
+    assert adapted["method"] == "coalora" and adapted["checkpoint"].startswith("ckpt@sha256:")
+    assert str(tmp_path) not in out  # results name a checkpoint by name and sha256, never by a server path
     assert adapted["value"] == plain["value"] and adapted["split_hash"] == plain["split_hash"]

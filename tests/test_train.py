@@ -17,6 +17,10 @@ from coalora.errors import ConfigError, OutputExistsError
 from coalora.train import TrainArgs, train
 from conftest import make_tiny_llama
 
+# Training runs use SmolLM2's tokenizer (the converted real model) and several spawn
+# processes (the CLI, accelerate launch): the default tier, not `make test-fast`.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory, real_model_dir):

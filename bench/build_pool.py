@@ -1,6 +1,6 @@
 """Measure a configuration pool for the GP and a disjoint held-out set (issue 12, item 3).
 
-    .venv/bin/python bench/build_pool.py [--checkpoint default] [--limit N] [--only pool|heldout]
+    .venv/bin/python bench/build_pool.py [--checkpoint default] [--limit N] [--only pool|heldout] [--threads 1] [--shard K/N]
 
 Every configuration is scored once on THE quick-eval rows (coalora.eval.harness.quick_split:
 the task's dev part, QUICK_ROWS rows; docs/design.md, "Evaluation"), f1 = 1 - accuracy.
@@ -176,7 +176,13 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="measure at most N new configurations")
     ap.add_argument("--plan", action="store_true", help="print the plan's sizes and exit (no measurement)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--shard", default=None, help="K/N: measure only every N-th configuration from the K-th "
+                    "(run N processes side by side; they append to the same files)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1 keeps a shared, busy machine from oversubscribing its cores)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from tqdm import tqdm
 
@@ -210,6 +216,9 @@ def main() -> int:
     for path, items, set_name in jobs:
         done = measured_hashes(path, sha, split.manifest_hash)
         todo = [(c, k) for c, k in items if c.hash not in done]
+        if args.shard:
+            k_, n_ = (int(x) for x in args.shard.split("/"))
+            todo = [t for i, t in enumerate(items) if i % n_ == k_ and t[0].hash not in done]
         if left is not None:
             todo = todo[:left]
         bar = tqdm(todo, desc=f"measure {set_name} ({len(done)} done)", unit="config", file=sys.stderr)

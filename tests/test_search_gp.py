@@ -57,10 +57,43 @@ def test_gp_guards_constant_columns(tiny_space):
     # only the bits field of matrix 0 varies: one column, no division by zero anywhere
     a, b = tiny_space.preset("nf4"), tiny_space.preset("nf4")
     b = b.with_settings({tiny_space.matrices[0].name: b.settings[0].replace(bits=2)})
-    gp = fit_surrogate([a, b], [0.1, 0.3], tiny_space)
+    gp = fit_surrogate([a, b], [0.1, 0.3], tiny_space, design="index")
     assert gp.columns.tolist() == [0]
     mean, std = gp.predict([tiny_space.preset("nf3")])  # varies columns the GP never saw
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+    for design in ("struct", "qerr-block"):  # feature designs: constant features are harmless too
+        gp = fit_surrogate([a, b], [0.1, 0.3], tiny_space, design=design)
+        mean, std = gp.predict([tiny_space.preset("nf3")])
+        assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+
+
+def test_feature_designs_and_binomial_noise(tiny_space):
+    from coalora.search.costs import CostTable
+    from coalora.search.gp import ConfigFeatures, DESIGNS, binomial_variance, normalise
+    from coalora.quant.setting import all_settings
+
+    configs = tiny_space.sample(12, seed=1) + [tiny_space.preset(n) for n in ("nf2", "nf3", "nf4", "nf8")]
+    y = synthetic_f1(configs)
+    # A cost table whose error falls with bits: the "qerr" features are then informative.
+    bpp = torch.tensor([s.bits_per_param for s in all_settings()], dtype=torch.float64)
+    table = CostTable(tiny_space, torch.exp(-bpp)[None].repeat(tiny_space.n_matrices, 1), tuple(all_settings()))
+    feats = ConfigFeatures(tiny_space, "qerr-block", table.errors)
+    x = feats(normalise(index_matrix(configs, tiny_space)))
+    assert x.shape == (len(configs), 2 + tiny_space.n_blocks + 7) and (x >= -1e-9).all() and (x <= 1 + 1e-9).all()
+    # avg bits feature is exact
+    assert x[:, 0] * (bpp.max() - bpp.min()) + bpp.min() == pytest.approx(torch.tensor([c.avg_bits for c in configs], dtype=torch.float64))
+    for design in DESIGNS:
+        gp = fit_surrogate(configs, y, tiny_space, design=design, costs=table)
+        assert gp.design == design and gp.n_observations == len(configs)
+        mean, std = gp.predict(configs)
+        assert torch.corrcoef(torch.stack([mean, torch.tensor(y, dtype=torch.float64)]))[0, 1] > 0.9
+    gp = fit_surrogate(configs, y, tiny_space, design="qerr", noise="binomial", rows=100, costs=table)
+    assert gp.noise == "binomial" and gp.noise_std > 0
+    assert binomial_variance(torch.tensor([0.2]), 100).item() == pytest.approx(0.8 * 0.2 / 100)
+    with pytest.raises(ConfigError, match="rows"):
+        fit_surrogate(configs, y, tiny_space, noise="binomial")
+    with pytest.raises(ConfigError, match="design"):
+        fit_surrogate(configs, y, tiny_space, design="nope")
 
 
 def test_gp_input_errors(tiny_space):

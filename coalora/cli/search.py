@@ -4,7 +4,9 @@ write the GP-predicted front (the file the app plots).
     coalora search --checkpoint default --task sst2 --iterations 3 --batch 4
 
 f1 of a configuration = 1 - accuracy (or the loss, --objective loss) of the checkpoint's
-adapted model under it, on a fixed batch of the task's `dev` part. The first call seeds the
+adapted model under it, on a fixed batch of the task's `dev` part: by default the quick-eval
+rows (coalora.eval.harness.quick_split; docs/design.md, "Evaluation"), the rows the app's
+quick eval and `coalora eval --quick` score. The first call seeds the
 pool with the checkpoint's training set and allocator configurations at a few budgets;
 each round fits the GP, proposes --batch configurations by log-EHVI and evaluates them.
 Every evaluated configuration is appended as a result record and the pool is saved after
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from coalora.data import task_spec
     from coalora.lora import load_checkpoint, read_metadata
     from coalora.results import append_record
-    from coalora.search.front import predicted_front, PredictedFront
+    from coalora.search.front import DEFAULT_BUDGETS, predicted_front, PredictedFront
+    from coalora.train.configs import configs_at_bits
     from coalora.search.loop import Pool, search
     from coalora.search.objective import describe, dev_batch
     from coalora.train.objective import dev_objective
@@ -176,11 +179,17 @@ def run(args: argparse.Namespace) -> int:
     if result.surrogate is None:
         raise ConfigError(f"the pool holds {len(pool)} configuration(s); the GP needs at least 2 "
                           "(drop --no-initial or run more --iterations)")
-    front = predicted_front(result.surrogate, candidates=list(pool.configs), seed=args.seed, objective=args.objective)
+    # Candidates: the pool, plus the allocator's configuration at every budget of the front
+    # (cheap, and strong where the GP follows the quantization error).
+    front_alloc, _ = configs_at_bits(space, list(DEFAULT_BUDGETS))
+    front = predicted_front(result.surrogate, candidates=list(pool.configs) + front_alloc, seed=args.seed,
+                            objective=args.objective)
     observed = [{"avg_bits": c.avg_bits, "f1": v, "config_hash": c.hash} for c, v in zip(pool.configs, pool.values)]
     front = PredictedFront(front.points, space, front.objective, {
         **front.meta, **pool_meta, "f1": _f1_meaning(args.objective, task, len(split)),
         "metric": _metric_of(args.objective, task),  # the app plots 1 - f1 on its accuracy axis
+        "rows": len(split), "gp_design": result.surrogate.design, "gp_noise": result.surrogate.noise,
+        "gp_noise_std": result.surrogate.noise_std,
         "pool": str(pool_path), "observed": observed,
         "selected": [c.hash for c in result.selected]})
     front.save(front_path)

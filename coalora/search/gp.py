@@ -1,14 +1,23 @@
 """GP surrogate of f1 (task loss or error) over configurations (docs/design.md, "Search").
 
-Input: each configuration's (n_matrices, 5) field indices, each divided by (its number of
-values - 1) so every entry lies in [0, 1], flattened to D = 5 * n_matrices columns.
-Columns that never vary in the training data are dropped ("guarded"): their ARD
-lengthscale would be unidentifiable, and dropping them keeps the fit cheap. The GP then
-treats those fields as irrelevant until a configuration that varies them is observed.
-Model: BoTorch SingleTaskGP (its default: RBF kernel with one lengthscale per column, i.e.
-ARD, under a dimension-scaled log-normal prior; Gaussian likelihood with a learned noise),
-outcomes standardised (Standardize), fitted by maximising the marginal log likelihood.
-Bits are exact and never modelled.
+The GP's input is always each configuration's (n_matrices, 5) field indices, each divided
+by (its number of values - 1), flattened to D = 5 * n_matrices columns in [0, 1] (what the
+acquisition searches over). A BoTorch input transform maps them to the features the kernel
+sees; which features is the surrogate's `design` (DESIGNS; compared in bench/gp_designs.py):
+
+  "index"   the raw encoding; columns that never vary in the training data are dropped
+            (their ARD lengthscale would be unidentifiable).
+  "struct"  average bits, per-block and per-module-type average bits per parameter.
+  "qerr"    log total quantization error of the configuration (sum over matrices of the
+            cost table's error, coalora.search.costs) and average bits.
+  "qerr-block"  "qerr" plus the log quantization error of each block and of each module
+            type (per-block sensitivity; single-block edits differ here).
+Features are scaled to [0, 1] with fixed bounds of the space (never of the data).
+Model: BoTorch SingleTaskGP (RBF kernel with one lengthscale per feature, i.e. ARD, under a
+dimension-scaled log-normal prior), outcomes standardised (Standardize), fitted by maximising
+the marginal log likelihood. Noise: learned (Gaussian likelihood), or with `noise="binomial"`
+fixed per observation to p(1-p)/rows, p = 1 - f1 (the row-sampling noise of an accuracy
+measured on `rows` rows). Bits are exact and never modelled.
 """
 
 from __future__ import annotations
@@ -19,10 +28,17 @@ from typing import Sequence
 import torch
 
 from coalora.errors import ConfigError
-from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
-from coalora.space import ConfigSpace, Configuration
+from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, all_settings
+from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 FIELD_SIZES = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES], dtype=torch.float64)  # (5,)
+DESIGNS = ("index", "struct", "qerr", "qerr-block")
+NOISES = ("learned", "binomial")
+DEFAULT_DESIGN = "qerr-block"
+DEFAULT_NOISE = "learned"
+_RADIX = torch.tensor([int(FIELD_SIZES[i + 1:].prod()) for i in range(len(FIELD_NAMES))], dtype=torch.long)  # (5,)
+_BPP = torch.tensor([st.bits_per_param for st in all_settings()], dtype=torch.float64)  # (432,) by setting id
+_BPP_LO, _BPP_HI = float(_BPP.min()), float(_BPP.max())
 
 
 def index_matrix(configs: Sequence[Configuration], space: ConfigSpace) -> torch.Tensor:
@@ -40,12 +56,92 @@ def normalise(idx: torch.Tensor) -> torch.Tensor:
     return idx.to(torch.float64) / (sizes - 1)
 
 
+def _input_transform_base():
+    from botorch.models.transforms.input import InputTransform
+
+    return InputTransform
+
+
+class ConfigFeatures(torch.nn.Module):
+    """Normalised encodings (..., 5 * M) -> structured features (..., k) in [0, 1] (the
+    module docstring lists them per design). `errors`: (M, 432) cost table (coalora.search.costs)
+    for the "qerr" designs."""
+
+    def __init__(self, space: ConfigSpace, design: str, errors: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if design not in DESIGNS or design == "index":
+            raise ConfigError(f"feature design {design!r} is unknown; choose one of {', '.join(DESIGNS[1:])}")
+        self.design, self.n_matrices = design, space.n_matrices
+        numel = torch.tensor([m.numel for m in space.matrices], dtype=torch.float64)
+        blocks = sorted({m.block for m in space.matrices})
+        types = [t for t in MODULE_TYPES if any(m.module_type == t for m in space.matrices)]
+        member_b = torch.tensor([[float(m.block == b) for b in blocks] for m in space.matrices], dtype=torch.float64)
+        member_t = torch.tensor([[float(m.module_type == t) for t in types] for m in space.matrices], dtype=torch.float64)
+        self.register_buffer("w_all", numel / numel.sum())  # (M,)
+        self.register_buffer("w_block", member_b * numel[:, None] / (member_b * numel[:, None]).sum(0))  # (M, B)
+        self.register_buffer("w_type", member_t * numel[:, None] / (member_t * numel[:, None]).sum(0))  # (M, T)
+        self.register_buffer("member", torch.cat([member_b, member_t], 1))  # (M, B + T)
+        if design.startswith("qerr"):
+            if errors is None:
+                raise ConfigError(f"feature design {design!r} needs the model's quantization-error table")
+            e = errors.to(torch.float64).clamp_min(1e-30)
+            self.register_buffer("errors", e.reshape(-1))  # (M * 432,)
+            lo, hi = e.min(1).values, e.max(1).values
+            self.register_buffer("log_lo", torch.log(lo.sum()))
+            self.register_buffer("log_hi", torch.log(hi.sum()))
+            self.register_buffer("part_lo", torch.log(lo @ self.member))
+            self.register_buffer("part_hi", torch.log(hi @ self.member))
+
+    def setting_ids(self, X: torch.Tensor) -> torch.Tensor:
+        """(..., 5 * M) normalised encodings -> (..., M) setting ids (all_settings() order)."""
+        sizes = FIELD_SIZES.to(X).repeat(self.n_matrices)
+        idx = (X * (sizes - 1)).round().long().reshape(*X.shape[:-1], self.n_matrices, len(FIELD_NAMES))
+        return (idx * _RADIX.to(idx.device)).sum(-1)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        sid = self.setting_ids(X)
+        bpp = _BPP.to(X)[sid]  # (..., M)
+        span = _BPP_HI - _BPP_LO
+        feats = [((bpp @ self.w_all.to(X))[..., None] - _BPP_LO) / span]
+        if self.design == "struct":
+            feats += [(bpp @ self.w_block.to(X) - _BPP_LO) / span, (bpp @ self.w_type.to(X) - _BPP_LO) / span]
+        if self.design.startswith("qerr"):
+            offs = torch.arange(self.n_matrices, device=sid.device) * _BPP.numel()
+            err = self.errors.to(X)[sid + offs]  # (..., M)
+            total = torch.log(err.sum(-1, keepdim=True))
+            feats.append((total - self.log_lo) / (self.log_hi - self.log_lo))
+            if self.design == "qerr-block":
+                part = torch.log((err @ self.member.to(X)).clamp_min(1e-30))
+                feats.append((part - self.part_lo) / (self.part_hi - self.part_lo).clamp_min(1e-12))
+        return torch.cat(feats, -1)
+
+
+def make_feature_transform(space: ConfigSpace, design: str, errors: torch.Tensor | None = None):
+    """A BoTorch InputTransform applying ConfigFeatures (train, eval and fantasize)."""
+    base = _input_transform_base()
+
+    class _Transform(base, torch.nn.Module):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.transform_on_train = self.transform_on_eval = self.transform_on_fantasize = True
+            self.features = ConfigFeatures(space, design, errors)
+
+        def transform(self, X: torch.Tensor) -> torch.Tensor:
+            return self.features(X)
+
+        def equals(self, other) -> bool:
+            return isinstance(other, type(self)) and other.features.design == self.features.design
+
+    return _Transform()
+
+
 @dataclass
 class Surrogate:
     """A fitted GP of f1 on one space. Build with `fit_surrogate`.
 
-    `columns`: (d,) indices of the encoding columns the GP sees (the ones that varied).
-    `train_idx`: (n, D) training indices; `train_y`: (n,) observed f1.
+    `columns`: (d,) indices of the encoding columns the GP sees (the ones that varied; design
+    "index" only, else all). `train_idx`: (n, D) training indices; `train_y`: (n,) observed f1.
+    `design` / `noise`: see the module docstring.
     """
 
     space: ConfigSpace
@@ -53,6 +149,14 @@ class Surrogate:
     columns: torch.Tensor
     train_idx: torch.Tensor
     train_y: torch.Tensor
+    design: str = "index"
+    noise: str = "learned"
+
+    @property
+    def noise_std(self) -> float:
+        """The typical observation noise std in f1 units (learned, or the median fixed one)."""
+        var = self.model.likelihood.noise.detach().reshape(-1)
+        return float(var.median().sqrt() * self.model.outcome_transform.stdvs.reshape(-1)[0])
 
     @property
     def n_observations(self) -> int:
@@ -84,11 +188,23 @@ class Surrogate:
         return self.predict_indices(index_matrix(configs, self.space), observation_noise)
 
 
+def binomial_variance(y: torch.Tensor, rows: int) -> torch.Tensor:
+    """p(1-p)/rows with p = 1 - f1 kept >= 1/(2 rows) from 0 and 1: (n,) -> (n,)."""
+    p = (1.0 - y).clamp(0.5 / rows, 1.0 - 0.5 / rows)
+    return p * (1.0 - p) / rows
+
+
 def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | torch.Tensor,
-                  space: ConfigSpace | None = None, seed: int = 0, maxiter: int = 200) -> Surrogate:
+                  space: ConfigSpace | None = None, seed: int = 0, maxiter: int = 200,
+                  design: str | None = None, noise: str = DEFAULT_NOISE, costs=None,
+                  rows: int | None = None) -> Surrogate:
     """Fit a SingleTaskGP to (configs, f1 values). Needs at least 2 observations.
 
     `values`: (n,) f1 to minimise (loss, or 1 - accuracy). `maxiter` bounds the L-BFGS steps.
+    `design`: DESIGNS (None -> DEFAULT_DESIGN); the "qerr" designs need the model's cost
+    table: `costs` (a CostTable) or, when None, the cached one (coalora.search.costs.load_costs);
+    without one they fall back to "struct". `noise`: "learned", or "binomial" (f1 = 1 -
+    accuracy measured on `rows` rows; then `rows` is required).
     """
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
@@ -111,12 +227,36 @@ def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | to
     columns = torch.nonzero(varied).reshape(-1)
     if columns.numel() == 0:
         columns = torch.zeros(1, dtype=torch.long)  # all identical: one (constant) column, flat GP
+    design = DEFAULT_DESIGN if design is None else design
+    if design not in DESIGNS:
+        raise ConfigError(f"GP design {design!r} is unknown; choose one of {', '.join(DESIGNS)}")
+    if noise not in NOISES:
+        raise ConfigError(f"GP noise {noise!r} is unknown; choose one of {', '.join(NOISES)}")
+    yvar = None
+    if noise == "binomial":
+        if not rows or rows < 1:
+            raise ConfigError("binomial noise needs the number of rows each accuracy was measured on")
+        yvar = binomial_variance(y, rows)[:, None]
+    errors = None
+    if design.startswith("qerr"):
+        if costs is None:
+            from coalora.search.costs import load_costs
+
+            costs = load_costs(space)
+        if costs is None:
+            design = "struct"
+        else:
+            space.check_fingerprint(costs.space.fingerprint, "the cost table", costs.space.model_name)
+            errors = costs.errors
     torch.manual_seed(seed)
-    # FilterFeatures keeps the full encoding as the model's input, so callers (and the
+    # The input transform keeps the full encoding as the model's input, so callers (and the
     # acquisition, which needs every column to compute exact bits) never slice by hand.
-    model = SingleTaskGP(normalise(idx), y[:, None], outcome_transform=Standardize(m=1),
-                         input_transform=FilterFeatures(columns))
+    transform = FilterFeatures(columns) if design == "index" else make_feature_transform(space, design, errors)
+    if design != "index":
+        columns = torch.arange(idx.shape[1])
+    model = SingleTaskGP(normalise(idx), y[:, None], train_Yvar=yvar, outcome_transform=Standardize(m=1),
+                         input_transform=transform)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}})
     model.eval()
-    return Surrogate(space, model, columns, idx, y)
+    return Surrogate(space, model, columns, idx, y, design, noise)

@@ -391,3 +391,15 @@ def test_the_gp_learns_from_every_app_evaluation_and_remembers_across_restarts(t
     assert not p.observe(other, background=False)  # measured on other rows: refused
     again = make_tiny_engine(tmp_path / "b", n_rows=8, observations=obs)  # a restart (same checkpoint name)
     assert again.predictor.surrogate() is not None and again.predictor.observed == {c.hash for c in cfgs}
+
+
+def test_best_on_the_front_under_a_size(engine):
+    """The picker takes the front's best predicted point within a bit or MB limit."""
+    st = SessionState()
+    out = h.apply_front_pick(engine, st, 3.5, "bits per weight")  # the tiny front: nf2, nf3, nf4
+    assert engine.space.decode(st.config) == engine.preset("nf3") and "front point" in out[-1]
+    mb = engine.preset("nf4").packed_bytes / 1e6
+    h.apply_front_pick(engine, st, mb + 1e-6, "MB")
+    assert engine.space.decode(st.config) == engine.preset("nf4")
+    with pytest.raises(gr.Error, match="no point of the front fits"):
+        h.apply_front_pick(engine, st, 1.0, "bits per weight")

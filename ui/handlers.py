@@ -164,6 +164,34 @@ def apply_allocation(engine: Engine, state: SessionState, budget: float, method:
     return [*config_outputs(engine, state, config), note]
 
 
+PICK_UNITS = ("bits per weight", "MB")
+
+
+def apply_front_pick(engine: Engine, state: SessionState, limit: float, unit: str) -> list[Any]:
+    """The predicted front's best point within `limit` (average bits per weight, or MB of
+    packed quantized projections) -> configuration; config outputs plus a note."""
+    front = engine.predictor.front if engine.predictor is not None else None
+    if front is None:
+        raise gr.Error("there is no predicted front to pick from")
+    if unit not in PICK_UNITS:
+        raise gr.Error(f"unit {unit!r} is unknown; allowed: {', '.join(PICK_UNITS)}")
+    try:
+        x = float(limit)
+    except (TypeError, ValueError):
+        raise gr.Error(f"limit {limit!r} is not a number") from None
+    size = (lambda p: p.avg_bits) if unit == PICK_UNITS[0] else (lambda p: p.config.packed_bytes / MB)  # noqa: E731
+    fits = [p for p in front.points if size(p) <= x]
+    if not fits:
+        cheapest = min(size(p) for p in front.points)
+        raise gr.Error(f"no point of the front fits within {x:g} {unit}; its cheapest needs {cheapest:.3f}")
+    best = min(fits, key=lambda p: p.mean)  # the front's mean is the f1 (error) to minimise
+    line = front_line(front)
+    i = line.avg_bits.index(best.avg_bits)
+    note = (f"front point at {best.avg_bits:.3f} bits, {best.config.packed_bytes / MB:.2f} MB: predicted "
+            f"{line.y[i]:.3f} (band {line.lower[i]:.3f} .. {line.upper[i]:.3f}); measuring it now")
+    return [*config_outputs(engine, state, best.config), note]
+
+
 def apply_upload(engine: Engine, state: SessionState, path: str | None) -> list[Any]:
     """An uploaded configuration JSON file -> configuration (size checked before reading)."""
     if not path:

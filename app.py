@@ -1,7 +1,7 @@
 """The coalora app (Hugging Face Spaces entry point; `make app`).
 
-Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860; set
-GRADIO_SERVER_NAME=0.0.0.0 on Spaces), COALORA_CHECKPOINT (default "default" =
+Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860; 0.0.0.0 when
+SPACE_ID is set, as on Hugging Face Spaces), COALORA_CHECKPOINT (default "default" =
 assets/checkpoints/default), COALORA_FRONT (default assets/front/default.json),
 COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's pool.json),
 COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         print(path)
         return
     build_app(engine).queue(default_concurrency_limit=1).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        # On a Space (SPACE_ID set) listen on every interface even if GRADIO_SERVER_NAME is unset.
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         max_file_size="2mb", show_error=True, footer_links=["api"],
     )

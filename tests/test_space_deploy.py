@@ -99,6 +99,15 @@ def test_checked_modules_are_the_ones_the_code_imports():
                                                     (ROOT / "requirements.txt").read_text().splitlines()}
 
 
+def test_space_front_matter_matches_the_pins():
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    meta = dict(ln.split(": ", 1) for ln in front.strip().splitlines())
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    pins = dict(ln.split("#")[0].strip().split("==") for ln in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in ln.split("#")[0])
+    assert meta["sdk_version"] == pins["gradio"]  # a Space installs gradio==sdk_version beside requirements.txt
+
+
 # ---- ZeroGPU ------------------------------------------------------------------------------
 
 def test_off_zerogpu_the_wrapper_is_a_no_op(monkeypatch):

@@ -73,6 +73,10 @@ def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
                            return m && document.querySelector('#points').innerText.includes(m[1])
                                   && document.querySelector('#status').innerText.includes('final'); }""",
                 timeout=120_000)
+            page.click("#report-btn")  # the reportable score, on every test row, shown on its own
+            page.wait_for_function("() => document.querySelector('#report').innerText.includes('final')",
+                                   timeout=120_000)
+            assert "Reportable" in page.inner_text("#report") and "test rows" in page.inner_text("#report")
             page.wait_for_timeout(1000)
             assert errors == []
             ARTIFACTS.mkdir(exist_ok=True)

@@ -220,3 +220,46 @@ def test_all_smollm2_matrices_exact(real_model):
             t = gguf.GGMLQuantizationType[fmt]
             ref = gguf.quants.dequantize(gguf.quants.quantize(w32.numpy(), t), t)
             assert np.array_equal(gguf_target.GGUF.simulate(w32, fmt, m.name).numpy(), ref), (m.name, fmt)
+
+
+# ---------------------------------------------------------------- assignments and the CLI end
+def test_assign_uniform_and_mixed():
+    from coalora.quant.targets.assign import assign
+
+    tensors = [("layers.0.self_attn.q_proj", (576, 576)), ("layers.0.mlp.down_proj", (576, 1536))]
+    g = get_target("gguf")
+    a = assign(g, tensors, "Q4_0")
+    assert a.formats == ("Q4_0", "Q4_0") and a.avg_bits == 4.5
+    mixed = assign(g, tensors, {"target": "gguf", "default": "Q8_0", "matrices": {"layers.0.mlp.down_proj": "TQ2_0"}})
+    assert mixed.storage_bytes == 352512 + 228096 and mixed.summary()["formats"] == {"Q8_0": 1, "TQ2_0": 1}
+    with pytest.raises(ConfigError, match=r"layers.0.self_attn.q_proj \[576, 576\]: gguf format 'TQ2_0'"):
+        assign(g, tensors, "TQ2_0")
+    with pytest.raises(ConfigError, match="unknown tensor 'nope'"):
+        assign(g, tensors, {"default": "Q4_0", "matrices": {"nope": "Q8_0"}})
+    with pytest.raises(ConfigError, match="unknown key 'defaults'"):
+        assign(g, tensors, {"defaults": "Q4_0"})
+    with pytest.raises(ConfigError, match="not 'gguf'"):
+        assign(g, tensors, {"target": "bnb", "default": "nf4"})
+    b = assign(get_target("bnb"), tensors, "nf4-dq").summary()
+    assert b["metadata_bytes"] == 2 * 1088 and b["storage_bytes"] == 171160 + 456412
+
+
+def test_cli_space_target(tmp_path, capsys):
+    import argparse
+    import json
+
+    from conftest import make_tiny_llama
+
+    from coalora.cli import space as cli_space
+
+    make_tiny_llama().save_pretrained(tmp_path)
+    args = argparse.Namespace(model=str(tmp_path), config="Q4_0", json=True, target="gguf")
+    assert cli_space.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == "gguf" and out["n_matrices"] == 14 and out["avg_bits"] == 4.5
+    (tmp_path / "a.json").write_text(json.dumps({"default": "nf4", "matrices": {"model.layers.0.mlp.down_proj": "int8"}}))
+    args = argparse.Namespace(model=str(tmp_path), config=str(tmp_path / "a.json"), json=False, target="bnb")
+    assert cli_space.run(args) == 0
+    assert "nf4 x13, int8 x1" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"model.layers.0.self_attn.q_proj \[64, 64\].*multiple of 256"):
+        cli_space.run(argparse.Namespace(model=str(tmp_path), config="TQ1_0", json=True, target="gguf"))

@@ -21,13 +21,45 @@ def register(sub) -> None:
     add_model_arg(p)
     p.add_argument("--config", default="nf4", help=config_help() + " (default: nf4)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a readable summary")
+    p.add_argument(
+        "--target", default=None,
+        help="a deployment target (bnb, gguf; docs/targets.md): --config is then one of its formats "
+        "for every matrix, or a JSON file {\"default\": FMT, \"matrices\": {name: FMT}}",
+    )
     p.set_defaults(func=run)
+
+
+def _run_target(args: argparse.Namespace, space) -> int:
+    """--target: check a target assignment against the model's shapes and print its real size."""
+    import os
+
+    from coalora import jsonfile
+    from coalora.quant.targets import get_target
+    from coalora.quant.targets.assign import assign
+
+    target = get_target(args.target)
+    spec = args.config
+    if spec.endswith(".json") or os.path.lexists(spec):
+        spec = jsonfile.load(spec, source=f"assignment file {spec!r}")
+    s = assign(target, [(m.name, m.shape) for m in space.matrices], spec).summary()
+    s = {"model": space.model_name, "fingerprint": space.fingerprint, **s}
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    print(f"model        {s['model']}  (fingerprint {s['fingerprint']})  target {s['target']}")
+    print(f"matrices     {s['n_matrices']}, {s['n_params']:,} weights; formats "
+          + ", ".join(f"{f} x{n}" for f, n in s["formats"].items()))
+    print(f"avg bits     {s['avg_bits']:.4f} per weight (scales included)")
+    print(f"stored size  {s['storage_bytes']:,} bytes (+ {s['metadata_bytes']:,} bytes of code tables)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from coalora.models import build_space_for
 
     space = build_space_for(args.model)
+    if args.target is not None:
+        return _run_target(args, space)
     config = space.load(args.config)
     s = config.summary()
     if args.json:

@@ -186,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        if not args.keep and result["ok"]:
+            t0 = time.perf_counter()
+            shutil.rmtree(tmp, ignore_errors=True)  # about 2 GB: minutes on a busy disk
+            t["cleanup"] = time.perf_counter() - t0
+            result["tmp"] = "(removed)"
         t["total"] = time.perf_counter() - t_all
         for k in t:
             t[k] = round(t[k], 1)
-        if not args.keep and result["ok"]:
-            shutil.rmtree(tmp, ignore_errors=True)
-            result["tmp"] = "(removed)"
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

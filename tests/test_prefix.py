@@ -216,3 +216,29 @@ def test_state_dict_and_unwrap_are_unaffected():
     assert len(cm.prefix) > 0
     cm.unwrap()
     assert len(cm.prefix) == 0
+
+
+@pytest.mark.real
+def test_default_checkpoint_one_block_changes_are_bit_identical():
+    """SmolLM2-135M + the shipped adapter, bf16 autocast as the eval runs it: θ runs over all
+    210 matrices at once, and each matrix's M must still come out bit for bit the same."""
+    from coalora.lora import load_for_eval
+
+    cm = load_for_eval("default", "smollm2-135m").model.eval()
+    space = cm.space
+    nf4, nf3 = space.preset("nf4"), space.preset("nf3")
+    seqs = [list(range(100, 100 + n)) for n in (12, 30, 7, 21)]
+
+    def score(config, reuse):
+        cm.set_configuration(config)
+        cm.prefix_reuse = reuse
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return scoring.last_token_logprobs(cm, seqs, pad_id=0)
+
+    score(nf4, True)
+    for block in (29, 12):
+        moved = _one_block(space, nf4, nf3, block)
+        ref = score(moved, False)
+        skipped = cm.prefix.stats["blocks_skipped"]
+        assert torch.equal(score(moved, True), ref)
+        assert cm.prefix.stats["blocks_skipped"] - skipped == block - block % cm.prefix.stride

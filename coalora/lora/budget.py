@@ -8,23 +8,26 @@ A CoaLoraModel reads `budget.current()` when it is built (arguments given to it 
 
 - `switcher_cache_bytes`: the WeightSwitcher's LRU of fake-quantized weights (coalora.lora.switcher).
   The live configuration's weights are entries of this cache, so a budget of at least one
-  configuration (425 MB in fp32 for SmolLM2-135M) keeps them from being counted twice;
-  whatever is left holds recent slider settings (one block of SmolLM2-135M: 14.2 MB).
+  configuration (424.7 MB in fp32 for SmolLM2-135M's 106.2M target weights) keeps them from
+  being held twice; the rest holds recent slider settings (one block: 14.2 MB).
 - `merged_bytes`: the cap on the merged inference weights (one copy of all target weights in
-  the compute dtype, coalora.lora.model): 212 MB in bf16, 425 MB in fp32 for SmolLM2-135M.
-  A model whose merged copy would exceed it computes unmerged.
-- `prefix_bytes`: the LRU of hidden states entering each decoder block (coalora.lora.prefix).
-  One configuration of the SmolLM2 quick eval (SST-2, 128 rows: 5,052 padded tokens) costs
-  5,052 tokens x 576 hidden x 4 bytes (fp32: the residual stream stays fp32 under bf16
-  autocast) = 11.6 MB per block boundary, x 30 boundaries = 349 MB. Slider moves share the
-  boundaries before the moved block, so one budget of ~1.1 configurations serves them.
+  the compute dtype, coalora.lora.model): 212.3 MB in bf16, 424.7 MB in fp32 for SmolLM2-135M.
+  A model whose merged copy would exceed the cap computes unmerged (on a CPU without native
+  bf16 the eval runs fp32, and SmolLM2-135M then stays unmerged under the default).
+- `prefix_bytes`, `prefix_stride`: the LRU of hidden states entering decoder blocks
+  (coalora.lora.prefix), keeping every `prefix_stride`-th boundary and the last block's
+  output. One configuration of the SmolLM2 quick eval (SST-2, 128 rows, 6 batches of 7,119
+  padded tokens in all) costs 7,119 x 576 hidden x 4 bytes (the residual stream stays fp32
+  under bf16 autocast) = 16.4 MB per boundary: 492 MB for all 30 boundaries, 246 MB for the
+  15 kept at stride 2. The budget must hold that (else the LRU evicts each boundary just
+  before the next evaluation needs it); what is left keeps the suffixes of recent slider moves.
 
-Defaults and the arithmetic for the app on SmolLM2-135M (steady state, MB = 10^6 bytes):
-embeddings (tied head) 113 + the switcher's fp32 originals 425 + switcher cache 512 MiB
-(537; holds the live configuration's 425) + merged bf16 212 + prefix cache 384 MiB (403)
-= 1,690 MB of tensors, plus the Python process (torch, transformers, gradio, botorch, data:
-~250-300 MB measured by bench/prefix.py --rss), under 2 GB (2,000 MB). The trainer sets its
-own switcher budget (`cache_gb`, 4 GiB by default).
+Defaults and the arithmetic for the app on SmolLM2-135M (steady state; MB = 10^6 bytes):
+embeddings (tied head) 113.2 + the switcher's fp32 originals 424.7 + switcher cache 448 MiB
+(469.8, holding the live configuration's 424.7) + merged bf16 212.3 + prefix cache 320 MiB
+(335.5) = 1,555 MB of tensors at most, plus the Python process (torch, transformers, gradio,
+the data and the GP; measured with `bench/prefix.py --rss`, docs/benchmarks.md "Prefix reuse
+(issue 13)"), under 2 GB. The trainer sets its own switcher budget (`cache_gb`, 4 GiB).
 """
 
 from __future__ import annotations

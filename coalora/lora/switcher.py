@@ -4,8 +4,10 @@ surgery under CoaLoraModel.set_configuration; docs/design.md, "Data flow").
 Simulated ("fake") quantization: each target nn.Linear gets the dequantized weights of its
 setting, computed in float32 from the original weights. Only matrices whose setting changed
 since the last call are re-quantized, and results are kept in an LRU cache keyed by
-(matrix, setting, family), bounded in bytes (default 1 GiB, about 2.5 full SmolLM2
-configurations in fp32), so flipping between recent configurations is a dictionary lookup.
+(matrix, setting, family), bounded in bytes (default: coalora.lora.budget's
+`switcher_cache_bytes`, 448 MiB: one full SmolLM2-135M configuration in fp32, 425 MB, plus
+recent slider settings, 14.2 MB per block), so flipping between recent configurations is a
+dictionary lookup. The live configuration's weights are entries of the cache (not copies).
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from collections import OrderedDict
 
 import torch
 
+from coalora.lora import budget
 from coalora.quant.nf import fake_quantize
 from coalora.quant.setting import QuantSetting
 from coalora.space import ConfigSpace, Configuration
-
-DEFAULT_CACHE_BYTES = 1 << 30
 
 _Key = tuple[str, QuantSetting, str]
 
@@ -31,7 +32,7 @@ class WeightSwitcher:
     (425 MB for SmolLM2-135M) plus the cache.
     """
 
-    def __init__(self, model: torch.nn.Module, space: ConfigSpace, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, model: torch.nn.Module, space: ConfigSpace, cache_bytes: int | None = None):
         modules = dict(model.named_modules())
         missing = [m.name for m in space.matrices if m.name not in modules]
         if missing:
@@ -43,7 +44,7 @@ class WeightSwitcher:
         # Bumped each time a matrix's weight is written: CoaLoraModel's merged inference
         # weights are keyed by it (a tensor's address can be reused after a cache eviction).
         self.generation: dict[str, int] = {n: 0 for n in self.modules}
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = budget.current().switcher_cache_bytes if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[_Key, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
         self.stats = {"quantized": 0, "cache_hits": 0}

@@ -40,21 +40,12 @@ def _err(e: Exception) -> gr.Error:
 
 
 def parse_config(engine: Engine, data: str | bytes, source: str = "configuration") -> Configuration:
-    """Configuration JSON (text or bytes) -> Configuration (ConfigError / ModelMismatchError
-    naming the problem)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", errors="surrogatepass")
-    if not isinstance(data, bytes):
-        raise ConfigError(f"{source} must be JSON text, got {type(data).__name__}")
-    if len(data) > MAX_CONFIG_BYTES:
+    """Configuration JSON (text or bytes, at most MAX_CONFIG_BYTES) -> Configuration, read as
+    strictly as the CLI reads files (coalora.jsonfile via ConfigSpace.loads): ConfigError /
+    ModelMismatchError naming the problem."""
+    if isinstance(data, (str, bytes)) and len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source} is {len(data):,} bytes; a configuration file is at most {MAX_CONFIG_BYTES:,} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source} is not UTF-8 text (is it a JSON file?)") from None
-    if not text.strip():
-        raise ConfigError(f"{source} is empty; give a configuration JSON object (format coalora.configuration/v1)")
-    return engine.space.loads(text, source=source)
+    return engine.space.loads(data, source=source)
 
 
 def snap_bits(value: float) -> int:

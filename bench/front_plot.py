@@ -70,6 +70,12 @@ def main() -> int:
                  f"band ±2σ latent)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    # Monotonicity: more bits should never predict a lower accuracy by more than the band's 1σ.
+    drops = [(a["budget"], b["budget"], (1 - b["mean"]) - (1 - a["mean"])) for a, b in zip(pts, pts[1:])
+             if (1 - b["mean"]) < (1 - a["mean"]) - max(a["std"], b["std"])]
+    print(f"front: {len(pts)} budgets, accuracy {1 - pts[0]['mean']:.3f} ... {1 - pts[-1]['mean']:.3f}, "
+          f"median σ {sorted(p['std'] for p in pts)[len(pts) // 2]:.4f}; "
+          f"drops beyond 1σ between neighbouring budgets: {len(drops)}" + (f" {drops}" if drops else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120, bbox_inches="tight")
     print(args.out)

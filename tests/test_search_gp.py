@@ -69,7 +69,7 @@ def test_gp_guards_constant_columns(tiny_space):
 
 def test_feature_designs_and_binomial_noise(tiny_space):
     from coalora.search.costs import CostTable
-    from coalora.search.gp import ConfigFeatures, DESIGNS, binomial_variance, normalise
+    from coalora.search.gp import DEFAULT_DESIGN, DESIGNS, ConfigFeatures, binomial_variance, normalise
     from coalora.quant.setting import all_settings
 
     configs = tiny_space.sample(12, seed=1) + [tiny_space.preset(n) for n in ("nf2", "nf3", "nf4", "nf8")]
@@ -84,9 +84,13 @@ def test_feature_designs_and_binomial_noise(tiny_space):
     assert x[:, 0] * (bpp.max() - bpp.min()) + bpp.min() == pytest.approx(torch.tensor([c.avg_bits for c in configs], dtype=torch.float64))
     for design in DESIGNS:
         gp = fit_surrogate(configs, y, tiny_space, design=design, costs=table)
+        if design == DEFAULT_DESIGN:
+            default_gp = gp
         assert gp.design == design and gp.n_observations == len(configs)
         mean, std = gp.predict(configs)
         assert torch.corrcoef(torch.stack([mean, torch.tensor(y, dtype=torch.float64)]))[0, 1] > 0.9
+    warm = fit_surrogate(configs, y, tiny_space, costs=table, warm_start=default_gp)  # same design: starts from gp's hyperparameters
+    assert torch.allclose(warm.predict(configs)[0], torch.tensor(y, dtype=torch.float64), atol=0.05)
     gp = fit_surrogate(configs, y, tiny_space, design="qerr", noise="binomial", rows=100, costs=table)
     assert gp.noise == "binomial" and gp.noise_std > 0
     assert binomial_variance(torch.tensor([0.2]), 100).item() == pytest.approx(0.8 * 0.2 / 100)

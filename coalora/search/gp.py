@@ -12,6 +12,9 @@ sees; which features is the surrogate's `design` (DESIGNS; compared in bench/gp_
             cost table's error, coalora.search.costs) and average bits.
   "qerr-block"  "qerr" plus the log quantization error of each block and of each module
             type (per-block sensitivity; single-block edits differ here).
+  "qerr-linear" the "qerr-block" features with a prior mean linear in the first two (average
+            bits and log total error) instead of a constant: the GP models what that
+            trend leaves over.
 Features are scaled to [0, 1] with fixed bounds of the space (never of the data).
 Model: BoTorch SingleTaskGP (RBF kernel with one lengthscale per feature, i.e. ARD, under a
 dimension-scaled log-normal prior), outcomes standardised (Standardize), fitted by maximising
@@ -32,7 +35,7 @@ from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, all_settings
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 FIELD_SIZES = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES], dtype=torch.float64)  # (5,)
-DESIGNS = ("index", "struct", "qerr", "qerr-block")
+DESIGNS = ("index", "struct", "qerr", "qerr-block", "qerr-linear")
 NOISES = ("learned", "binomial")
 DEFAULT_DESIGN = "qerr-block"
 DEFAULT_NOISE = "learned"
@@ -110,10 +113,21 @@ class ConfigFeatures(torch.nn.Module):
             err = self.errors.to(X)[sid + offs]  # (..., M)
             total = torch.log(err.sum(-1, keepdim=True))
             feats.append((total - self.log_lo) / (self.log_hi - self.log_lo))
-            if self.design == "qerr-block":
+            if self.design in ("qerr-block", "qerr-linear"):
                 part = torch.log((err @ self.member.to(X)).clamp_min(1e-30))
                 feats.append((part - self.part_lo) / (self.part_hi - self.part_lo).clamp_min(1e-12))
         return torch.cat(feats, -1)
+
+
+def _trend_mean():
+    """A gpytorch Mean linear in the first two features (average bits, log total error)."""
+    from gpytorch.means import LinearMean
+
+    class TrendMean(LinearMean):
+        def forward(self, x):
+            return super().forward(x[..., :2])
+
+    return TrendMean(2)
 
 
 def make_feature_transform(space: ConfigSpace, design: str, errors: torch.Tensor | None = None):
@@ -197,7 +211,7 @@ def binomial_variance(y: torch.Tensor, rows: int) -> torch.Tensor:
 def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | torch.Tensor,
                   space: ConfigSpace | None = None, seed: int = 0, maxiter: int = 200,
                   design: str | None = None, noise: str = DEFAULT_NOISE, costs=None,
-                  rows: int | None = None) -> Surrogate:
+                  rows: int | None = None, warm_start: "Surrogate | None" = None) -> Surrogate:
     """Fit a SingleTaskGP to (configs, f1 values). Needs at least 2 observations.
 
     `values`: (n,) f1 to minimise (loss, or 1 - accuracy). `maxiter` bounds the L-BFGS steps.
@@ -205,6 +219,9 @@ def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | to
     table: `costs` (a CostTable) or, when None, the cached one (coalora.search.costs.load_costs);
     without one they fall back to "struct". `noise`: "learned", or "binomial" (f1 = 1 -
     accuracy measured on `rows` rows; then `rows` is required).
+    `warm_start`: a surrogate of the same design and noise fitted on (nearly) the same data,
+    e.g. before one more observation: its hyperparameters start the fit and `maxiter`
+    defaults to 20 (a refit in a fraction of the cold fit's time).
     """
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
@@ -254,8 +271,18 @@ def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | to
     transform = FilterFeatures(columns) if design == "index" else make_feature_transform(space, design, errors)
     if design != "index":
         columns = torch.arange(idx.shape[1])
+    extra = {}
+    if design == "qerr-linear":
+        extra["mean_module"] = _trend_mean()
     model = SingleTaskGP(normalise(idx), y[:, None], train_Yvar=yvar, outcome_transform=Standardize(m=1),
-                         input_transform=transform)
+                         input_transform=transform, **extra)
+    if warm_start is not None and warm_start.design == design and warm_start.noise == noise \
+            and design != "index" and warm_start.space.fingerprint == space.fingerprint:
+        model.covar_module.load_state_dict(warm_start.model.covar_module.state_dict())
+        model.mean_module.load_state_dict(warm_start.model.mean_module.state_dict())
+        if noise == "learned":
+            model.likelihood.load_state_dict(warm_start.model.likelihood.state_dict())
+        maxiter = min(maxiter, 20)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}})
     model.eval()

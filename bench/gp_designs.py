@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Z90 = 1.6448536269514722
 CANDIDATES = (("index", "learned"), ("struct", "learned"), ("qerr", "learned"), ("qerr", "binomial"),
               ("qerr-block", "learned"), ("qerr-block", "binomial"), ("qerr-linear", "learned"),
-              ("qerr-linear", "binomial"))
+              ("qerr-linear", "binomial"), ("qerr-additive", "learned"), ("qerr-additive", "binomial"))
 
 
 def read_points(path: Path, space, split_hash: str | None = None):
@@ -129,7 +129,7 @@ def main() -> int:
     ap.add_argument("--heldout", type=Path, default=ROOT / "results" / "gp_calibration" / "heldout.jsonl")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--cv", type=int, default=0, help="also K-fold cross-validation on the pool (0: off)")
-    ap.add_argument("--designs", default=None, help="comma list of design:noise (default: all eight)")
+    ap.add_argument("--designs", default=None, help="comma list of design:noise (default: all ten)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the table and per-point predictions")
     ap.add_argument("--timing", type=int, default=0, help="time refit + front at N observations, then exit")
     args = ap.parse_args()

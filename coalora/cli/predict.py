@@ -4,6 +4,9 @@ shipped pool (docs/design.md, "Search").
     coalora predict --checkpoint default --config nf3 --json
     -> {"mean": 0.78, "std": 0.02, "metric": "accuracy", "rows": 174, "split_hash": "...", ...}
 
+std is the predictive one: how a quick-eval measurement of the configuration scatters around
+the mean (the GP's latent std plus its learned noise, which also holds what its features
+miss); std_latent is the latent function's alone.
 The GP (coalora.search.gp.fit_surrogate) is fitted on the pool written by `coalora search` or
 bench/build_pool.py, whose points are quick-eval measurements (coalora.eval.harness.quick_split).
 Refused, one line and exit 2: a configuration of another model, an unreadable pool, a pool
@@ -92,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
     config = space.load(args.config)  # ModelMismatchError for another model's configuration
     pool = Pool.load(pool_path, space)
     gp = fit_surrogate(pool.configs, pool.values, space)
-    mean, std = gp.predict([config])
+    mean, std_latent = gp.predict([config])
+    _, std = gp.predict([config], observation_noise=True)
     metric = "accuracy"
-    out = {"mean": from_error(metric, float(mean[0])), "std": float(std[0]), "metric": metric,
+    out = {"mean": from_error(metric, float(mean[0])), "std": float(std[0]), "std_latent": float(std_latent[0]),
+           "metric": metric,
            "rows": len(split), "split_hash": split.manifest_hash, "n_observations": gp.n_observations,
            "task": task, "avg_bits": config.avg_bits, "config_hash": config.hash, "pool": str(pool_path),
            "seconds": round(time.perf_counter() - t0, 3)}

@@ -15,6 +15,12 @@ sees; which features is the surrogate's `design` (DESIGNS; compared in bench/gp_
   "qerr-linear" the "qerr-block" features with a prior mean linear in the first two (average
             bits and log total error) instead of a constant: the GP models what that
             trend leaves over.
+  "qerr-additive" the "qerr-linear" features, mean and a kernel that is a sum: an ARD RBF on
+            (average bits, log total error) plus a sum over the per-block and per-module-type
+            log errors of one shared 1-d RBF (each block's damage adds up; 2 lengthscales
+            however many blocks).
+  "qerr-sens" "qerr-additive" with a prior mean linear in ALL features: one learned weight
+            per block and module type, a sensitivity-weighted log error.
 Features are scaled to [0, 1] with fixed bounds of the space (never of the data).
 Model: BoTorch SingleTaskGP (RBF kernel with one lengthscale per feature, i.e. ARD, under a
 dimension-scaled log-normal prior), outcomes standardised (Standardize), fitted by maximising
@@ -35,9 +41,9 @@ from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, all_settings
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 FIELD_SIZES = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES], dtype=torch.float64)  # (5,)
-DESIGNS = ("index", "struct", "qerr", "qerr-block", "qerr-linear")
+DESIGNS = ("index", "struct", "qerr", "qerr-block", "qerr-linear", "qerr-additive", "qerr-sens")
 NOISES = ("learned", "binomial")
-DEFAULT_DESIGN = "qerr-block"
+DEFAULT_DESIGN = "qerr-additive"  # best held-out Spearman and calibration in bench/gp_designs.py (docs/results.md)
 DEFAULT_NOISE = "learned"
 _RADIX = torch.tensor([int(FIELD_SIZES[i + 1:].prod()) for i in range(len(FIELD_NAMES))], dtype=torch.long)  # (5,)
 _BPP = torch.tensor([st.bits_per_param for st in all_settings()], dtype=torch.float64)  # (432,) by setting id
@@ -113,7 +119,7 @@ class ConfigFeatures(torch.nn.Module):
             err = self.errors.to(X)[sid + offs]  # (..., M)
             total = torch.log(err.sum(-1, keepdim=True))
             feats.append((total - self.log_lo) / (self.log_hi - self.log_lo))
-            if self.design in ("qerr-block", "qerr-linear"):
+            if self.design in ("qerr-block", "qerr-linear", "qerr-additive", "qerr-sens"):
                 part = torch.log((err @ self.member.to(X)).clamp_min(1e-30))
                 feats.append((part - self.part_lo) / (self.part_hi - self.part_lo).clamp_min(1e-12))
         return torch.cat(feats, -1)
@@ -128,6 +134,14 @@ def _trend_mean():
             return super().forward(x[..., :2])
 
     return TrendMean(2)
+
+
+def _additive_kernel(d: int):
+    """ARD RBF on features 0-1 + a shared 1-d RBF summed over features 2..d-1."""
+    from gpytorch.kernels import AdditiveStructureKernel, RBFKernel, ScaleKernel
+
+    return (ScaleKernel(RBFKernel(ard_num_dims=2, active_dims=(0, 1)))
+            + ScaleKernel(AdditiveStructureKernel(RBFKernel(), num_dims=d - 2, active_dims=tuple(range(2, d)))))
 
 
 def make_feature_transform(space: ConfigSpace, design: str, errors: torch.Tensor | None = None):
@@ -272,8 +286,14 @@ def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | to
     if design != "index":
         columns = torch.arange(idx.shape[1])
     extra = {}
-    if design == "qerr-linear":
+    if design in ("qerr-linear", "qerr-additive"):
         extra["mean_module"] = _trend_mean()
+    if design == "qerr-sens":
+        from gpytorch.means import LinearMean
+
+        extra["mean_module"] = LinearMean(int(transform.features(normalise(idx[:1])).shape[-1]))
+    if design in ("qerr-additive", "qerr-sens"):
+        extra["covar_module"] = _additive_kernel(int(transform.features(normalise(idx[:1])).shape[-1]))
     model = SingleTaskGP(normalise(idx), y[:, None], train_Yvar=yvar, outcome_transform=Standardize(m=1),
                          input_transform=transform, **extra)
     if warm_start is not None and warm_start.design == design and warm_start.noise == noise \

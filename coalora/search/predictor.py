@@ -162,9 +162,11 @@ class Predictor:
         return self.surrogate() or self.front
 
     def predict(self, config: Configuration) -> tuple[float, float] | None:
-        """The GP's (mean, std) for `config` in the front's metric (e.g. accuracy), or None."""
+        """The GP's (mean, std) for `config` in the front's metric (e.g. accuracy), or None.
+        std is predictive: how the app's quick-eval measurement of `config` scatters (latent
+        std plus the GP's learned noise; docs/design.md, "Search")."""
         gp = self.surrogate()
         if gp is None:
             return None
-        mean, std = gp.predict([config])
+        mean, std = gp.predict([config], observation_noise=True)
         return from_error(self.metric, float(mean[0])), float(std[0])

@@ -26,7 +26,7 @@ wrapped HF model's own forward still runs everything between the layers (embeddi
 embeddings, causal mask, final norm, head), so nothing of it is reproduced here.
 
 Memory: an LRU bounded in bytes, keeping every `stride`-th boundary and the last
-(coalora.lora.budget: 320 MiB, stride 2 by default). The budget must hold one configuration's
+(coalora.lora.budget: 320 MiB, stride 3 by default). The budget must hold one configuration's
 kept boundaries for all batches of the evaluation (the quick eval's batches come back in the
 same order for every configuration; an LRU smaller than that cycle would evict each entry
 just before it is needed). A hit refreshes

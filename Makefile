@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not real and not browser and not integration"
+	$(PY) -m pytest -q -m "not real and not browser and not integration and not slow"
 
 bench: setup
 	$(PY) bench/quant.py

@@ -320,6 +320,7 @@ def test_cli_mismatched_checkpoint(tmp_path, capsys):
     assert rc == 2 and "nothing" in out.err
 
 
+@pytest.mark.slow
 def test_cli_gp_with_records_pool(tmp_path, capsys):
     from coalora.models import build_space_for
 

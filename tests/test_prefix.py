@@ -65,6 +65,7 @@ def _check(cm, config, bf16, score=_label_logits):
     return cm.prefix.stats["blocks_skipped"] - before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("merged", [True, False])
 def test_one_block_changes_whole_changes_and_back_and_forth_are_bit_identical(bf16, merged):

@@ -17,6 +17,8 @@ import pytest
 
 from tests.badinput.corpus import cases
 
+pytestmark = pytest.mark.slow  # about 1,300 CLI cases (10-20 s): `make test`, not `make test-fast`
+
 REPO = Path(__file__).resolve().parents[1]
 HOME = str(Path.home())
 MAX_LINE = 1000  # one line, and a readable one

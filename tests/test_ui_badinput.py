@@ -15,6 +15,8 @@ from ui import handlers as h
 from ui.state import SessionState
 from ui_fixtures import make_tiny_engine
 
+pytestmark = pytest.mark.slow  # many evaluations on tiny engines: `make test`, not `make test-fast`
+
 REPO = str(Path(__file__).resolve().parents[1])
 
 

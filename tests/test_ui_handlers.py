@@ -13,6 +13,8 @@ from ui import handlers as h
 from ui.state import SessionState
 from ui_fixtures import make_tiny_engine
 
+pytestmark = pytest.mark.slow  # many evaluations on tiny engines: `make test`, not `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):

@@ -161,22 +161,32 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     edits = [i for i, c in enumerate(held_cat) if c == "edit"]
     for design, noise in cands:
-        r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, costs, rows)
+        try:
+            r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, costs, rows)
+        except Exception as e:  # e.g. botorch ModelFittingError: report it as a row, keep going
+            print(f"| {design} | {noise} | fit failed: {type(e).__name__} |", flush=True)
+            results.append({"design": design, "noise": noise, "error": f"{type(e).__name__}: {e}"})
+            continue
         r["spearman_edits"] = (float(spearmanr([r["pred"][i] for i in edits], [held_a[i] for i in edits])[0])
                                if len(edits) > 2 else float("nan"))
         if args.cv > 1:
             g = torch.Generator().manual_seed(0)
             perm = torch.randperm(len(pool_c), generator=g).tolist()
             preds, sds, ys = [], [], []
-            for k in range(args.cv):
+            for k in range(args.cv) if "error" not in r else ():
                 test = set(perm[k:: args.cv])
                 tr = [i for i in range(len(pool_c)) if i not in test]
                 te = sorted(test)
-                rr = evaluate(design, noise, [pool_c[i] for i in tr], [pool_a[i] for i in tr],
-                              [pool_c[i] for i in te], [pool_a[i] for i in te], space, costs, rows)
+                try:
+                    rr = evaluate(design, noise, [pool_c[i] for i in tr], [pool_a[i] for i in tr],
+                                  [pool_c[i] for i in te], [pool_a[i] for i in te], space, costs, rows)
+                except Exception:  # a failed fold: the CV row covers the folds that fitted
+                    continue
                 preds += rr["pred"]
                 sds += rr["std_pred"]
                 ys += [pool_a[i] for i in te]
+            if not ys:
+                continue
             r["cv_spearman"] = float(spearmanr(preds, ys)[0])
             r["cv_inside90_pred"] = sum(abs(y - p) <= Z90 * s for y, p, s in zip(ys, preds, sds)) / len(ys)
         results.append(r)

@@ -12,6 +12,8 @@ from coalora.cli import main
 from conftest import make_tiny_llama
 from test_eval import VOCAB, make_byte_tokenizer
 
+pytestmark = pytest.mark.slow  # GP fits and search runs on tiny models: `make test`, not `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

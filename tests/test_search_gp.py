@@ -11,6 +11,8 @@ from coalora.search.front import PredictedFront, allocate_gp, load_front, predic
 from coalora.search.gp import fit_surrogate, index_matrix
 from coalora.search.loop import Pool, pool_from_records, search, select
 
+pytestmark = pytest.mark.slow  # GP fits and search runs on tiny models: `make test`, not `make test-fast`
+
 
 def synthetic_f1(configs):
     """A smooth black box: error falls with bits, more in the first block (known structure)."""

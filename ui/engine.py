@@ -147,6 +147,8 @@ class Engine:
         split, role = (self.report_split, "report") if report else (self.split, "select")
         # The GP's prediction BEFORE the point is measured (then learned from): honest calibration data.
         pred = self.predict(config) if with_adapter and not report else None
+        extra = {"role": role, "source": "app test confirmation" if report else "app quick eval",
+                 "summary": config.describe(), **({"predicted": list(pred)} if pred else {})}  # once, not per chunk
         t0 = time.perf_counter()
         it = iter_eval(self.model, self.tokenizer, split, dtype=self.dtype, stream=True)
         with self.turns.joined() as ticket, closing(it):
@@ -159,9 +161,7 @@ class Engine:
                     est, config=config, model=self.model_name, split=split, seed=self.seed,
                     method=self.loaded.method if with_adapter else "base",
                     checkpoint=self.loaded.checkpoint if with_adapter else None, seconds=time.perf_counter() - t0,
-                    extra={"done": est.done, "n_target": est.n_target, "role": role,
-                           "source": "app test confirmation" if report else "app quick eval",
-                           "summary": config.describe(), **({"predicted": list(pred)} if pred else {})})
+                    extra={"done": est.done, "n_target": est.n_target, **extra})
                 if est.done and with_adapter and not report and self.predictor:  # the GP learns (background refit)
                     self.predictor.observe(rec)
                 yield rec

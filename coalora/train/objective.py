@@ -7,7 +7,7 @@ training code: callers hand a measurer from here to coalora.search (docs/design.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -16,7 +16,6 @@ from coalora.errors import ConfigError
 from coalora.train.examples import collate, lm_examples, pad_id_of, task_examples
 
 if TYPE_CHECKING:
-    from coalora.eval.harness import Estimate
     from coalora.search.objective import DevObjective, Measurer
     from coalora.space import Configuration
 

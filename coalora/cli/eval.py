@@ -48,6 +48,10 @@ def register(sub) -> None:
     p.add_argument("--report", action="store_true",
                    help="every row of the test part: the reportable number (record extra.role = report)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (default 0; must match training's)")
+    p.add_argument("--prompts", default="coalora", choices=["coalora", "lm-eval"],
+                   help="prompt style: coalora (default; what training, the search and the app use) or lm-eval "
+                   "(lm-evaluation-harness 0.4.13's prompts, scoring and stderr for sst2, piqa, arc_easy, "
+                   "arc_challenge; metric acc plus acc_norm; e.g. --prompts lm-eval --part all --full --dtype fp32)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="compute precision (auto: bf16 where the CPU supports it, else fp32)")
     p.add_argument("--records", default=str(DEFAULT_RECORDS), help=f"JSON-lines file to append the result to (default {DEFAULT_RECORDS})")
@@ -60,6 +64,9 @@ def _select_split(args: argparse.Namespace):
     """The rows to evaluate; fails before any model is loaded."""
     from coalora.data import load_split
     from coalora.eval import DEFAULT_N
+    from coalora.eval.prompts import check_style
+
+    check_style(args.task, getattr(args, "prompts", "coalora"))
 
     if args.quick or args.report:
         from coalora.eval.harness import quick_split
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(split), desc=f"eval {args.task}", unit="row", file=sys.stderr, disable=None, leave=False)
     est = None
-    for est in iter_eval(model, tok, split, dtype=args.dtype, stream=True):
+    for est in iter_eval(model, tok, split, dtype=args.dtype, stream=True, prompts=args.prompts):
         bar.update(est.n - bar.n)
         bar.set_postfix_str(f"{est.metric} {est.value:.4f} ± {est.stderr:.4f}")
     bar.close()

@@ -10,11 +10,15 @@ stays small). A full eval runs one chunk: every row, globally length-sorted.
 
 Metrics: accuracy (stderr sqrt(p(1-p)/n), binomial) for label and multiple-choice tasks;
 bits per byte (primary) and token perplexity for lambada, with delta-method stderrs of
-these ratio estimators over passages.
+these ratio estimators over passages. With prompts="lm-eval" (coalora.eval.prompts, style
+"lm-eval") every task is multiple choice and the estimate is lm-evaluation-harness's: metric
+"acc" (argmax of summed log-likelihoods), extra "acc_norm" (divided by len(choice)), both
+with lm-eval's stderr of a mean, sample_stddev / sqrt(n) = sqrt(p(1-p)/(n-1)) for 0/1 scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ import torch
 
 from coalora.data import Split, load_split, task_spec
 from coalora.eval import scoring
-from coalora.eval.prompts import ChoicePrompt, LabelPrompt, TextPrompt, make_prompt
+from coalora.eval.prompts import ChoicePrompt, LabelPrompt, TextPrompt, check_style, make_prompt
 
 DEFAULT_N = 128
 # The quick-eval set (docs/design.md, "Evaluation"): every row of the task's dev part up to
@@ -68,6 +72,17 @@ class Estimate:
 def binomial_stderr(p: float, n: int) -> float:
     """Standard error of an accuracy p measured on n independent rows: sqrt(p(1-p)/n)."""
     return math.sqrt(p * (1.0 - p) / n) if n > 0 else float("nan")
+
+
+def sample_stderr(values: Sequence[float]) -> float:
+    """lm-evaluation-harness's stderr of a mean (api/metrics.py mean_stderr): the sample
+    standard deviation (n - 1 denominator) over sqrt(n); for 0/1 scores sqrt(p(1-p)/(n-1)).
+    nan for n < 2."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mu = sum(values) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in values) / (n - 1)) / math.sqrt(n)
 
 
 def ratio_stderr(x: Sequence[float], y: Sequence[float]) -> float:
@@ -118,21 +133,39 @@ def _score_label(model, tokenizer, prompts: list[LabelPrompt], ctx) -> list[floa
     return correct
 
 
-def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[tuple[float, float]]:
-    """-> per question (correct by length-normalised log-likelihood, correct by the raw sum):
-    lm-eval's acc_norm (our metric) and acc (reported beside it in Estimate.extra)."""
+def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval 0.4.13's causal `_encode_pair`: trailing whitespace of the context moves to the
+    continuation; the continuation's tokens are those of the joint encoding after the
+    context's own tokens (so a merge across the boundary is scored as lm-eval scores it)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    context_ids = token_ids(tokenizer, context, True)
+    whole = token_ids(tokenizer, context + continuation, True)
+    return context_ids, whole[len(context_ids):]
+
+
+def choice_loglikelihoods(model, tokenizer, prompts: Sequence[ChoicePrompt], ctx: Callable[[], Any] = contextlib.nullcontext) -> list[list[float]]:
+    """Summed log p(continuation_i | context_i) of every choice of every prompt (nats).
+
+    ctx: a factory of the compute context entered per batch (bf16 autocast or nothing)."""
     # Units: (context ids, [continuation ids]) run together; a shared-context question is
     # one unit, otherwise (WinoGrande) each choice is its own unit.
     units: list[tuple[list[int], list[list[int]]]] = []
     where: list[list[tuple[int, int]]] = []  # per prompt, per choice: (unit, index in unit)
     for p in prompts:
-        conts = [token_ids(tokenizer, c, False) for c in p.continuations]
+        if p.joint_tokens:
+            pairs = [_encode_pair(tokenizer, c, x) for c, x in zip(p.contexts, p.continuations)]
+            ctxs, conts = [c for c, _ in pairs], [x for _, x in pairs]
+        else:
+            ctxs = [token_ids(tokenizer, c, True) for c in p.contexts]
+            conts = [token_ids(tokenizer, c, False) for c in p.continuations]
         if p.shared_context:
             where.append([(len(units), j) for j in range(len(conts))])
-            units.append((token_ids(tokenizer, p.contexts[0], True), conts))
+            units.append((ctxs[0], conts))
         else:
             where.append([(len(units) + j, 0) for j in range(len(conts))])
-            units.extend((token_ids(tokenizer, c, True), [x]) for c, x in zip(p.contexts, conts))
+            units.extend((c, [x]) for c, x in zip(ctxs, conts))
     cost = [len(c) + len(xs) * max(len(x) for x in xs) for c, xs in units]
     bs, budget = BATCH["choice"]
     unit_scores: list[torch.Tensor] = [torch.empty(0)] * len(units)
@@ -143,14 +176,24 @@ def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[tu
             )
         for i, s in zip(batch, out):
             unit_scores[i] = s.cpu()
-    correct = []
-    for p, w in zip(prompts, where):
-        raw = [float(unit_scores[u][j]) for u, j in w]
-        # Length normalisation by the continuation's UTF-8 bytes (lm-eval "acc_norm").
-        norm = [r / max(1, len(c.encode())) for r, c in zip(raw, p.continuations)]
-        correct.append((float(max(range(len(norm)), key=norm.__getitem__) == p.label),
-                        float(max(range(len(raw)), key=raw.__getitem__) == p.label)))
-    return correct
+    return [[float(unit_scores[u][j]) for u, j in w] for w in where]
+
+
+def choice_correct(raw: Sequence[float], prompt: ChoicePrompt) -> tuple[float, float]:
+    """(correct by length-normalised log-likelihood, correct by the raw sum) of one question:
+    lm-eval's acc_norm and acc. Ties go to the first choice, as numpy's argmax in lm-eval."""
+    # Normalisation: UTF-8 bytes of the continuation (coalora style) or the choice's
+    # characters (lm-eval style); ChoicePrompt.norm_length decides.
+    norm = [r / prompt.norm_length(i) for i, r in enumerate(raw)]
+    return (float(max(range(len(norm)), key=norm.__getitem__) == prompt.label),
+            float(max(range(len(raw)), key=list(raw).__getitem__) == prompt.label))
+
+
+def _score_choice(model, tokenizer, prompts: list[ChoicePrompt], ctx) -> list[tuple[float, float]]:
+    """-> per question (correct by length-normalised log-likelihood, correct by the raw sum):
+    lm-eval's acc_norm (our metric) and acc (reported beside it in Estimate.extra)."""
+    raws = choice_loglikelihoods(model, tokenizer, prompts, ctx)
+    return [choice_correct(raw, p) for raw, p in zip(raws, prompts)]
 
 
 def _score_text(model, tokenizer, prompts: list[TextPrompt], ctx) -> list[tuple[float, int, int]]:
@@ -207,13 +250,18 @@ def iter_eval(
     stream: bool = True,
     first_chunk: int = FIRST_CHUNK,
     on_batch: Callable[[int], None] | None = None,
+    prompts: str = "coalora",
 ) -> Iterator[Estimate]:
     """Yield the running Estimate on `split` after each chunk (stream) or once (not stream).
 
     model: HF-style causal LM (see coalora.eval.scoring); eval mode while scoring, then
     its previous train/eval mode is restored.
-    on_batch(n_rows_done): optional progress callback after each chunk."""
-    kind = task_spec(split.task).kind
+    on_batch(n_rows_done): optional progress callback after each chunk.
+    prompts: "coalora" (default) or "lm-eval" (lm-evaluation-harness's prompts, scoring
+    and stderr; coalora.eval.prompts.LMEVAL_PROMPTS lists its tasks)."""
+    check_style(split.task, prompts)
+    # lm-eval scores every task it covers as multiple choice.
+    kind = "choice" if prompts == "lm-eval" else task_spec(split.task).kind
     start = time.perf_counter()
     was_training = model.training
     model.eval()  # dropout off; the caller's mode is restored at the end
@@ -227,7 +275,7 @@ def iter_eval(
         done_rows = 0
         for i, size in enumerate(sizes):
             rows = split.rows[done_rows : done_rows + size]
-            scores.extend(scorer(model, tokenizer, [make_prompt(split.task, r) for r in rows], ctx))
+            scores.extend(scorer(model, tokenizer, [make_prompt(split.task, r, prompts) for r in rows], ctx))
             done_rows += size
             if on_batch:
                 on_batch(done_rows)
@@ -235,6 +283,11 @@ def iter_eval(
             if kind == "lm":
                 value, se, extra = _summarise_text(scores)
                 metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
+            elif prompts == "lm-eval":
+                flat = tuple(s[1] for s in scores)  # lm-eval's acc: argmax of summed log-likelihoods
+                norm = [s[0] for s in scores]
+                value, se, metric = sum(flat) / n, sample_stderr(flat), "acc"
+                extra = {"acc_norm": sum(norm) / n, "acc_norm_stderr": sample_stderr(norm), "prompts": prompts}
             elif kind == "choice":
                 flat = tuple(s[0] for s in scores)
                 value, extra, metric = sum(flat) / n, {"acc_unnormalized": sum(s[1] for s in scores) / n}, "accuracy"
@@ -279,7 +332,8 @@ def quick_eval(model, tokenizer, task: str, n: int = DEFAULT_N, seed: int = 0, p
     return est
 
 
-def full_eval(model, tokenizer, task: str, seed: int = 0, part: str = "test", dtype: str = "auto") -> Estimate:
+def full_eval(model, tokenizer, task: str, seed: int = 0, part: str = "test", dtype: str = "auto",
+              prompts: str = "coalora") -> Estimate:
     """Every row of `task`'s `part` (globally length-sorted, one final Estimate)."""
     split = load_split(task, part, seed)
-    return next(iter(iter_eval(model, tokenizer, split, dtype=dtype, stream=False)))
+    return next(iter(iter_eval(model, tokenizer, split, dtype=dtype, stream=False, prompts=prompts)))

@@ -17,6 +17,15 @@ Three prompt shapes, one per scoring method of coalora.eval.scoring:
 Formats follow lm-eval-harness where it has one; SST-2 uses "Review: ...\\nSentiment:",
 which reproduces the independent 0.786 zero-shot accuracy of SmolLM2-135M (docs/results.md).
 Fine-tuning uses the same prompts (`training_text`), so train and test see one format.
+
+Two prompt styles (`STYLES`):
+- "coalora" (the default, used by training, the search, the app and every shipped number):
+  the formats above.
+- "lm-eval": lm-evaluation-harness 0.4.13's task YAMLs verbatim, for numbers comparable with
+  lm-eval's (issue 17, item 4): doc_to_text with no stripping, every task scored as multiple
+  choice with target delimiter " ", continuation tokens split off the joint encoding of
+  context + continuation (lm-eval's `_encode_pair`), and acc_norm dividing by the choice's
+  character length, `len(choice)` without the delimiter. Tasks: `LMEVAL_PROMPTS`.
 """
 
 from __future__ import annotations
@@ -42,6 +51,18 @@ class ChoicePrompt:
     contexts: tuple[str, ...]  # one per choice; all equal when the context is shared
     continuations: tuple[str, ...]
     label: int
+    # What each choice's log-likelihood is divided by for the normalised pick; None: the
+    # continuation's UTF-8 bytes (coalora style). lm-eval style: len(choice) in characters.
+    norm_lengths: tuple[int, ...] | None = None
+    # True: continuation tokens are encode(context + continuation)[len(encode(context)):]
+    # (lm-eval's causal `_encode_pair`); False: encode(continuation) on its own.
+    joint_tokens: bool = False
+
+    def norm_length(self, i: int) -> int:
+        """The divisor of choice i's log-likelihood in the normalised (acc_norm) pick."""
+        if self.norm_lengths is not None:
+            return max(1, self.norm_lengths[i])
+        return max(1, len(self.continuations[i].encode()))
 
     @property
     def shared_context(self) -> bool:
@@ -136,10 +157,60 @@ PROMPTS: dict[str, Callable[[Row], Prompt]] = {
 }
 
 
-def make_prompt(task: str, row: Row) -> Prompt:
-    """The prompt of one data row of `task` (see the module docstring for the formats)."""
+# ---- lm-evaluation-harness 0.4.13 task formats (style "lm-eval") ---------------------------
+STYLES: tuple[str, ...] = ("coalora", "lm-eval")
+LMEVAL_DELIMITER = " "  # lm-eval's default target_delimiter
+
+
+def lmeval_choice(context: str, choices: list[str], label: int) -> ChoicePrompt:
+    """A zero-shot lm-eval multiple_choice request: context = doc_to_text as rendered,
+    continuation i = delimiter + choice i, acc_norm divisor = len(choice i)."""
+    return ChoicePrompt(
+        (context,) * len(choices), tuple(LMEVAL_DELIMITER + c for c in choices), label,
+        norm_lengths=tuple(len(c) for c in choices), joint_tokens=True,
+    )
+
+
+def _lmeval_sst2(r: Row) -> ChoicePrompt:
+    # lm_eval/tasks/glue/sst2/default.yaml
+    return lmeval_choice(f"{r['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+                         ["negative", "positive"], int(r["label"]))
+
+
+def _lmeval_piqa(r: Row) -> ChoicePrompt:
+    # lm_eval/tasks/piqa/piqa.yaml
+    return lmeval_choice(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(r["label"]))
+
+
+def _lmeval_arc(r: Row) -> ChoicePrompt:
+    # lm_eval/tasks/arc/arc_easy.yaml (arc_challenge includes it)
+    return lmeval_choice(f"Question: {r['question']}\nAnswer:", list(r["choices"]["text"]),
+                         list(r["choices"]["label"]).index(r["answerKey"]))
+
+
+LMEVAL_PROMPTS: dict[str, Callable[[Row], ChoicePrompt]] = {
+    "sst2": _lmeval_sst2,
+    "piqa": _lmeval_piqa,
+    "arc_easy": _lmeval_arc,
+    "arc_challenge": _lmeval_arc,
+}
+
+
+def check_style(task: str, style: str) -> None:
+    """DataError unless `task` exists and has prompts in `style`."""
+    from coalora.errors import DataError
+
     task_spec(task)  # DataError for unknown tasks
-    return PROMPTS[task](row)
+    if style not in STYLES:
+        raise DataError(f"unknown prompt style {style!r}; known styles are {', '.join(STYLES)}")
+    if style == "lm-eval" and task not in LMEVAL_PROMPTS:
+        raise DataError(f"task {task!r} has no lm-eval prompts; lm-eval style covers {', '.join(LMEVAL_PROMPTS)}")
+
+
+def make_prompt(task: str, row: Row, style: str = "coalora") -> Prompt:
+    """The prompt of one data row of `task` in `style` (see the module docstring)."""
+    check_style(task, style)
+    return LMEVAL_PROMPTS[task](row) if style == "lm-eval" else PROMPTS[task](row)
 
 
 def training_text(task: str, row: Row) -> tuple[str, str]:

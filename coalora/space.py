@@ -2,6 +2,10 @@
 
 Data flow: model -> ConfigSpace (matrices, fingerprint) -> Configuration (a setting per
 matrix) <-> JSON file / (n_matrices, 5) index encoding / avg_bits and packed bytes.
+
+A TargetConfiguration (a Configuration subclass) holds one format of a deployment target
+(bnb, gguf: coalora/quant/targets) per matrix instead; its settings are the formats' θ
+proxies and its bytes are the target's storage (docs/targets.md, "Target configurations").
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 
@@ -22,8 +26,12 @@ from coalora.errors import ConfigError, ModelMismatchError
 from coalora.quant.nf import FAMILIES
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, QuantSetting
 from coalora.quant.storage import packed_bytes
+from coalora.quant.targets import TARGETS, get_target
+from coalora.quant.targets.proxy import theta_proxy
 
 CONFIG_FORMAT = "coalora.configuration/v1"
+DEFAULT_TARGET = "coalora"  # coalora's own NF-k / INT-k space: plain Configuration
+TARGET_NAMES: tuple[str, ...] = (DEFAULT_TARGET, *TARGETS)
 MODULE_TYPES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_TYPES = MODULE_TYPES[:4]
 MLP_TYPES = MODULE_TYPES[4:]
@@ -163,7 +171,10 @@ class ConfigSpace:
         """Parse the JSON object of a configuration (see README, 'Configuration files')."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a configuration must be a JSON object, got {type(data).__name__}")
-        allowed = {"format", "model", "fingerprint", "family", "default", "matrices"}
+        target = data.get("target", DEFAULT_TARGET)
+        if target != DEFAULT_TARGET:
+            return self._target_from_dict(data)
+        allowed = {"format", "model", "fingerprint", "target", "family", "default", "matrices"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys are {', '.join(sorted(allowed))}")
@@ -182,14 +193,49 @@ class ConfigSpace:
             settings[self.index(name)] = QuantSetting.from_dict(over, base=default, where=f"matrix {name!r}")
         return Configuration(self, tuple(settings), family)
 
+    def _target_from_dict(self, data: Mapping[str, Any]) -> "TargetConfiguration":
+        """The JSON object of a target configuration: {"format", "model", "fingerprint",
+        "target": T, "default": FMT, "matrices": {name: FMT}} (formats, not field objects)."""
+        from coalora.quant.targets.assign import assign
+
+        target = data["target"]
+        if not isinstance(target, str) or target not in TARGET_NAMES:
+            raise ConfigError(f"field 'target' has value {target!r}; allowed values are {', '.join(TARGET_NAMES)}")
+        allowed = {"format", "model", "fingerprint", "target", "default", "matrices"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in a {target} configuration; "
+                              f"allowed keys are {', '.join(sorted(allowed))}")
+        if data.get("format") != CONFIG_FORMAT:
+            raise ConfigError(f"field 'format' has value {data.get('format')!r}; expected {CONFIG_FORMAT!r}")
+        self.check_fingerprint(data.get("fingerprint"), "this configuration", data.get("model"))
+        spec = {k: data[k] for k in ("default", "matrices") if k in data}
+        got = assign(get_target(target), [(m.name, m.shape) for m in self.matrices], spec)
+        return TargetConfiguration(self, target, got.formats)
+
+    def target_configuration(self, target: str, spec: str | Mapping[str, Any]) -> "TargetConfiguration":
+        """A configuration of deployment target `target` (bnb, gguf) from one format for every
+        matrix or {"default": FMT, "matrices": {name: FMT}}; every format is checked against
+        its matrix's shape (ConfigError naming the matrix, its shape and the legal formats)."""
+        from coalora.quant.targets.assign import assign
+
+        if target == DEFAULT_TARGET:
+            raise ConfigError(f"target {DEFAULT_TARGET!r} is the NF-k space: use a preset or a configuration file")
+        got = assign(get_target(target), [(m.name, m.shape) for m in self.matrices], spec)
+        return TargetConfiguration(self, target, got.formats)
+
     def load(self, spec: str | Path) -> "Configuration":
-        """A preset name or the path of a configuration JSON file (read strictly: a regular
-        UTF-8 file of standard JSON without duplicate keys, see coalora.jsonfile)."""
+        """A preset name, TARGET:FORMAT (that target format on every matrix, e.g. gguf:Q4_0)
+        or the path of a configuration JSON file (read strictly: a regular UTF-8 file of
+        standard JSON without duplicate keys, see coalora.jsonfile)."""
         from coalora import jsonfile
 
         spec_s = str(spec)
         if spec_s in PRESETS:
             return self.preset(spec_s)
+        head, colon, fmt = spec_s.partition(":")
+        if colon and head in TARGETS and not os.path.lexists(spec_s):
+            return self.target_configuration(head, fmt)
         if not spec_s.strip():
             raise ConfigError(f"the configuration is empty; give a preset ({', '.join(PRESETS)}) or a JSON file")
         path = Path(spec_s)
@@ -212,6 +258,9 @@ class Configuration:
     space: ConfigSpace
     settings: tuple[QuantSetting, ...]
     family: str = "nf"
+    # The NF-k space; TargetConfiguration sets both per instance (its target, one format per matrix).
+    target: ClassVar[str] = DEFAULT_TARGET
+    formats: ClassVar[tuple[str, ...] | None] = None
 
     def __post_init__(self) -> None:
         if len(self.settings) != self.space.n_matrices:
@@ -221,6 +270,8 @@ class Configuration:
         return (
             isinstance(other, Configuration)
             and self.space.fingerprint == other.space.fingerprint
+            and self.target == other.target
+            and self.formats == other.formats
             and self.settings == other.settings
             and self.family == other.family
         )
@@ -241,11 +292,21 @@ class Configuration:
             s[self.space.index(name)] = setting
         return Configuration(self.space, tuple(s), self.family)
 
+    def weight_keys(self) -> tuple[tuple, ...]:
+        """(n_matrices,) what determines each matrix's quantized weights, hashable: (setting,
+        family) here, (target, format) for a TargetConfiguration (the switcher's cache keys)."""
+        return tuple((s, self.family) for s in self.settings)
+
     # ---- storage --------------------------------------------------------------------
+    def matrix_bits(self) -> list[float]:
+        """(n_matrices,) bits per weight of each matrix: bpp(c_i) (padding and the fp32 offset
+        excluded, docs/design.md); a TargetConfiguration's are the target's real bits."""
+        return [s.bits_per_param for s in self.settings]
+
     @property
     def avg_bits(self) -> float:
         """sum_i n_i bpp(c_i) / sum_i n_i over the quantized matrices (docs/design.md, "Configuration space")."""
-        total = sum(m.numel * s.bits_per_param for m, s in self.items())
+        total = sum(m.numel * b for m, b in zip(self.space.matrices, self.matrix_bits()))
         return total / self.space.n_params
 
     @property
@@ -253,6 +314,12 @@ class Configuration:
         """Exact bytes of all quantized matrices in our packed format (padding and offsets
         included; embeddings, norms, LM head and adapters not counted)."""
         return sum(packed_bytes(m.numel, s) for m, s in self.items())
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes the configuration's format stores for all quantized matrices: packed_bytes
+        here, the target's storage accounting for a TargetConfiguration."""
+        return self.packed_bytes
 
     # ---- encodings --------------------------------------------------------------------
     def encode(self) -> torch.Tensor:
@@ -323,11 +390,11 @@ class Configuration:
     def summary(self) -> dict[str, Any]:
         """Machine-readable summary: totals, per block and per module type."""
 
-        def avg(pairs: list[tuple[MatrixInfo, QuantSetting]]) -> float:
+        def avg(pairs: list[tuple[MatrixInfo, float]]) -> float:
             n = sum(m.numel for m, _ in pairs)
-            return sum(m.numel * s.bits_per_param for m, s in pairs) / n
+            return sum(m.numel * b for m, b in pairs) / n
 
-        pairs = list(self.items())
+        pairs = list(zip(self.space.matrices, self.matrix_bits()))
         return {
             "model": self.space.model_name,
             "fingerprint": self.space.fingerprint,
@@ -347,3 +414,115 @@ class Configuration:
                 if any(m.module_type == t for m in self.space.matrices)
             },
         }
+
+
+class TargetConfiguration(Configuration):
+    """One format of deployment target `target` (bnb, gguf) per matrix (aligned with
+    space.matrices), every one legal for its matrix's shape.
+
+    `settings` holds each format's θ proxy (coalora.quant.targets.proxy: the nearest NF-k
+    setting, what θ and the (n_matrices, 5) encoding see until θ is retrained over the
+    targets); the weights are the target's exact simulation (WeightSwitcher) and the bytes
+    its storage accounting. Built by ConfigSpace.target_configuration / from_dict / load.
+    """
+
+    def __init__(self, space: ConfigSpace, target: str, formats: Sequence[str]):
+        if target == DEFAULT_TARGET:
+            raise ConfigError(f"target {DEFAULT_TARGET!r} is the NF-k space: use Configuration")
+        t = get_target(target)
+        formats = tuple(formats)
+        if len(formats) != space.n_matrices:
+            raise ConfigError(f"{len(formats)} {target} formats for {space.n_matrices} matrices")
+        for m, f in zip(space.matrices, formats):
+            t.check(f, m.shape, m.name)
+        object.__setattr__(self, "target", target)  # frozen: set once, here
+        object.__setattr__(self, "formats", formats)
+        super().__init__(space, tuple(theta_proxy(target, f) for f in formats), "nf")
+
+    def __eq__(self, other: object) -> bool:
+        return Configuration.__eq__(self, other)
+
+    def __hash__(self) -> int:
+        return hash((self.space.fingerprint, self.target, self.formats))
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{f} x{n}" for f, n in Counter(self.formats).items())
+        return f"TargetConfiguration({self.space.model_name!r}, {self.target!r}, {counts})"
+
+    def format(self, name: str) -> str:
+        """The target format of matrix `name`."""
+        return self.formats[self.space.index(name)]
+
+    def with_settings(self, changes: Mapping[str, QuantSetting]) -> "Configuration":
+        raise ConfigError(f"a {self.target} configuration holds formats, not NF-k settings: use with_formats")
+
+    def with_formats(self, changes: Mapping[str, str]) -> "TargetConfiguration":
+        """A copy with some matrices' formats replaced (by full matrix name), checked."""
+        f = list(self.formats)
+        for name, fmt in changes.items():
+            f[self.space.index(name)] = fmt
+        return TargetConfiguration(self.space, self.target, f)
+
+    def weight_keys(self) -> tuple[tuple, ...]:
+        return tuple((self.target, f) for f in self.formats)
+
+    # ---- storage: the target's accounting (docs/targets.md, "Storage") --------------------
+    def matrix_bits(self) -> list[float]:
+        t = get_target(self.target)
+        return [t.bits_per_weight(m.shape, f, m.name) for m, f in zip(self.space.matrices, self.formats)]
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes the runtime stores for all quantized matrices (code tables excluded)."""
+        t = get_target(self.target)
+        return sum(t.storage_bytes(m.shape, f, m.name) for m, f in zip(self.space.matrices, self.formats))
+
+    @property
+    def avg_bits(self) -> float:
+        """storage_bytes * 8 / n_params: the real bits per weight, scales included (exact)."""
+        return self.storage_bytes * 8 / self.space.n_params
+
+    @property
+    def packed_bytes(self) -> int:
+        """The target's storage_bytes (what callers of packed_bytes want: the stored size)."""
+        return self.storage_bytes
+
+    @property
+    def metadata_bytes(self) -> int:
+        """Per-tensor code tables the runtime also saves (bnb 4-bit quant maps; 0 for gguf)."""
+        meta = getattr(get_target(self.target), "metadata_bytes", None)
+        return sum(meta(f) for f in self.formats) if meta else 0
+
+    # ---- encodings --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON object: the target, its most common format as "default", others as overrides."""
+        default = Counter(self.formats).most_common(1)[0][0]
+        return {
+            "format": CONFIG_FORMAT,
+            "model": self.space.model_name,
+            "fingerprint": self.space.fingerprint,
+            "target": self.target,
+            "default": default,
+            "matrices": {m.name: f for m, f in zip(self.space.matrices, self.formats) if f != default},
+        }
+
+    @property
+    def hash(self) -> str:
+        """Content hash over the target and its formats: 16 hex digits (never equal to an
+        NF-k configuration's, whose θ proxies may coincide)."""
+        text = json.dumps([self.space.fingerprint, "target", self.target, list(self.formats)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # ---- summaries ----------------------------------------------------------------------
+    def describe(self) -> str:
+        counts = ", ".join(f"{f} x{n}" for f, n in Counter(self.formats).most_common())
+        return f"{self.target}: {counts}; {self.avg_bits:.3f} bits per weight"
+
+    def summary(self) -> dict[str, Any]:
+        """As Configuration.summary, plus the target, storage and format counts; packed_bytes
+        is the target's storage_bytes and there is no family."""
+        out = super().summary()
+        out.pop("family")
+        out.update(target=self.target, storage_bytes=self.storage_bytes, metadata_bytes=self.metadata_bytes,
+                   formats=dict(Counter(self.formats)))
+        return out

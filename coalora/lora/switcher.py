@@ -8,6 +8,11 @@ since the last call are re-quantized, and results are kept in an LRU cache keyed
 `switcher_cache_bytes`, 448 MiB: one full SmolLM2-135M configuration in fp32, 425 MB, plus
 recent slider settings, 14.2 MB per block), so flipping between recent configurations is a
 dictionary lookup. The live configuration's weights are entries of the cache (not copies).
+
+A TargetConfiguration (bnb, gguf) is applied the same way, each matrix's weights being
+Target.simulate of the original weights in the module's dtype (the dtype the runtime
+would receive them in), cast back to that dtype: bit for bit what the runtime dequantizes
+(docs/targets.md, "Evaluation under a target"). Cache keys are Configuration.weight_keys.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 from coalora.lora import budget
 from coalora.quant.nf import fake_quantize
 from coalora.quant.setting import QuantSetting
+from coalora.quant.targets import get_target
 from coalora.space import ConfigSpace, Configuration
 
-_Key = tuple[str, QuantSetting, str]
+# (matrix name, *weight key): (name, QuantSetting, family) or (name, target, format)
+_Key = tuple
 
 
 class WeightSwitcher:
@@ -40,7 +47,7 @@ class WeightSwitcher:
         self.space = space
         self.modules: dict[str, torch.nn.Linear] = {m.name: modules[m.name] for m in space.matrices}
         self.originals = {n: mod.weight.detach().to(torch.float32).clone() for n, mod in self.modules.items()}
-        self.current: dict[str, tuple[QuantSetting, str] | None] = {n: None for n in self.modules}
+        self.current: dict[str, tuple | None] = {n: None for n in self.modules}  # a weight key or None
         # Bumped each time a matrix's weight is written: CoaLoraModel's merged inference
         # weights are keyed by it (a tensor's address can be reused after a cache eviction).
         self.generation: dict[str, int] = {n: 0 for n in self.modules}
@@ -49,15 +56,20 @@ class WeightSwitcher:
         self._cached_bytes = 0
         self.stats = {"quantized": 0, "cache_hits": 0}
 
-    def _quantized(self, name: str, setting: QuantSetting, family: str) -> torch.Tensor:
-        key = (name, setting, family)
+    def _quantized(self, name: str, want: tuple) -> torch.Tensor:
+        """The weights of matrix `name` under weight key `want` (Configuration.weight_keys)."""
+        key = (name, *want)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
             return hit
         dtype = self.modules[name].weight.dtype
-        w = fake_quantize(self.originals[name], setting, family).to(dtype)
+        if isinstance(want[0], QuantSetting):
+            w = fake_quantize(self.originals[name], *want).to(dtype)
+        else:  # (target, format): the runtime's own dequantized weights
+            target, fmt = want
+            w = get_target(target).simulate(self.originals[name].to(dtype), fmt, name).to(dtype)
         self.stats["quantized"] += 1
         size = w.numel() * w.element_size()
         if size <= self.cache_bytes:
@@ -74,15 +86,15 @@ class WeightSwitcher:
         if config is not None:
             self.space.check_same(config)
         changed = 0
-        for m in self.space.matrices:
-            want = None if config is None else (config.setting(m.name), config.family)
+        keys = (None,) * self.space.n_matrices if config is None else config.weight_keys()
+        for m, want in zip(self.space.matrices, keys):
             if self.current[m.name] == want:
                 continue
             mod = self.modules[m.name]
             if want is None:
                 mod.weight.data = self.originals[m.name].to(mod.weight.dtype)
             else:
-                mod.weight.data = self._quantized(m.name, *want)
+                mod.weight.data = self._quantized(m.name, want)
             self.current[m.name] = want
             self.generation[m.name] += 1
             changed += 1

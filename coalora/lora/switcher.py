@@ -69,7 +69,9 @@ class WeightSwitcher:
             w = fake_quantize(self.originals[name], *want).to(dtype)
         else:  # (target, format): the runtime's own dequantized weights
             target, fmt = want
-            w = get_target(target).simulate(self.originals[name].to(dtype), fmt, name).to(dtype)
+            orig = self.originals[name]
+            # simulate runs on the CPU (bitsandbytes' CPU path, gguf's numpy): back to the model's device
+            w = get_target(target).simulate(orig.to(dtype), fmt, name).to(orig.device, dtype)
         self.stats["quantized"] += 1
         size = w.numel() * w.element_size()
         if size <= self.cache_bytes:

@@ -7,7 +7,7 @@ import torch
 
 from coalora.errors import ConfigError, ModelMismatchError
 from coalora.search.acquisition import ExactBits, build_acquisition, neighbours, propose
-from coalora.search.front import PredictedFront, allocate_gp, load_front, predicted_front
+from coalora.search.front import PredictedFront, allocate_gp, load_front, predicted_front, prob_on_front
 from coalora.search.gp import fit_surrogate, index_matrix
 from coalora.search.loop import Pool, pool_from_records, search, select
 
@@ -156,6 +156,27 @@ def test_predicted_front_respects_budgets_and_round_trips(fitted, tiny_space, tm
     (tmp_path / "foreign.json").write_text(json.dumps(data))
     with pytest.raises(ModelMismatchError, match=r"front .*foreign\.json.* made for model 'other' \(fingerprint ffff\)"):
         load_front(tmp_path / "foreign.json", tiny_space)
+
+
+def test_prob_on_front_follows_domination(tiny_space):
+    # nf8 is given a far worse error than the cheaper nf4: nf8 is dominated in (almost) every
+    # posterior draw; nf4 cannot be dominated by anything costlier, and min is the cheapest.
+    configs = tiny_space.sample(10, seed=0) + [tiny_space.preset(n) for n in ("nf2", "nf4", "nf8", "min")]
+    values = synthetic_f1(configs)
+    values[-2] = 0.9
+    gp = fit_surrogate(configs, values, tiny_space)
+    nf4, nf8, lowest = tiny_space.preset("nf4"), tiny_space.preset("nf8"), tiny_space.preset("min")
+    p = prob_on_front(gp, [nf8, nf4, lowest], n_samples=128)
+    assert p.shape == (3,)
+    assert float(p[0]) < 0.05
+    assert float(p[1]) > float(p[0])
+    assert float(p[2]) == 1.0  # nothing compared costs less
+    # competitors only add chances to be dominated; the seed fixes the draws
+    q = prob_on_front(gp, [nf4], competitors=configs, n_samples=128)
+    assert 0.0 <= float(q[0]) <= 1.0
+    assert torch.equal(q, prob_on_front(gp, [nf4], competitors=configs, n_samples=128))
+    assert float(prob_on_front(gp, [nf4], competitors=[nf8], n_samples=64)[0]) == 1.0  # nf8 costs more
+    assert prob_on_front(gp, []).numel() == 0
 
 
 def test_allocate_gp_and_its_errors(fitted):

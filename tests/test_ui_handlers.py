@@ -355,7 +355,7 @@ def test_quick_eval_is_on_dev_rows_and_the_reportable_score_on_every_test_row(en
     full = load_split("sst2", "test", 0)
     assert rep["extra"]["role"] == "report" and rep["n"] == len(full) and rep["split_hash"] == full.manifest_hash
     assert "Reportable" in outs[-1][1] and "final" in outs[-1][1]
-    assert outs[-1][2][0][7].startswith(f"{rep['value']:.4f}")  # the table's reportable column
+    assert outs[-1][2][0][h.TABLE_HEADERS.index("test (reportable)")].startswith(f"{rep['value']:.4f}")  # the table's reportable column
     fig = h.figure(engine, st)
     assert f"{len(engine.split)} dev rows" in fig.layout.yaxis.title.text
 
@@ -387,8 +387,12 @@ def test_the_gp_learns_from_every_app_evaluation_and_remembers_across_restarts(t
     st = SessionState()
     st.config = engine.preset("nf3").encode().tolist()
     list(h.evaluate_stream(engine, st))  # now with a prediction made before measuring
+    final = read_records(obs)[-1]
+    assert 0.0 <= final.extra["p_front"] <= 1.0  # P(on front) under the GP, before learning from it
+    assert "P(on front)" in h.status_line(final.to_dict(), tuple(final.extra["predicted"]))
     fig, summary = h.calibration(engine)
     assert summary.startswith("1 observations") and len(fig.data) == 2
+    assert "likely on the front" in summary and 0.0 <= fig.data[1].marker.color[0] <= 1.0  # coloured by P(on front)
     other = ResultRecord.from_dict({**recs[0].to_dict(), "split_hash": "other-rows", "value": 0.0})
     assert not p.observe(other, background=False)  # measured on other rows: refused
     again = make_tiny_engine(tmp_path / "b", n_rows=8, observations=obs)  # a restart (same checkpoint name)

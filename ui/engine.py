@@ -24,7 +24,7 @@ from coalora.data import load_split
 from coalora.errors import ConfigError
 from coalora.eval.harness import QUICK_ROWS, quick_split
 from coalora.eval.scoring import resolve_dtype
-from coalora.lora import LoadedModel
+from coalora.lora import LoadedModel, budget
 from coalora.models import DEFAULT_MODEL, EMBEDDED
 from coalora.results import ResultRecord, latest_per_config
 from coalora.search.allocate import allocate
@@ -81,10 +81,12 @@ class Engine:
     @classmethod
     def load(cls, checkpoint: str | None = "default", model_name: str | None = None, *,
              front_path: Path | None = DEFAULT_FRONT, pool_paths: Sequence[Path] | None = None,
-             observations: Path | None = None, **kwargs: Any) -> "Engine":
+             observations: Path | None = None, device: Any = None, **kwargs: Any) -> "Engine":
         """The checkpoint on its base (None: the base `model_name` with no adapter), its cost
         table, and a Predictor on `front_path`, the first existing file of `pool_paths` (None:
-        the checkpoint's pool.json, then the shipped pool) and the app's `observations` file."""
+        the checkpoint's pool.json, then the shipped pool) and the app's `observations` file.
+        device: a torch device for the model (None: where it loads, the CPU; app.py resolves
+        COALORA_DEVICE, coalora.device)."""
         from coalora.lora import load_for_eval, read_metadata
         from coalora.search.costs import load_costs
 
@@ -92,6 +94,10 @@ class Engine:
         if model_name is None:  # the checkpoint's base, or the embedded default model
             model_name = read_metadata(folder)[1]["base_model"]["name"] if folder is not None else DEFAULT_MODEL
         loaded = load_for_eval(checkpoint, model_name)
+        if device is not None:
+            from coalora.device import place
+
+            place(loaded.model, device)
         kwargs.setdefault("costs", load_costs(loaded.model.space))
         if pool_paths is None:
             pool_paths = [p for p in (folder and folder / "pool.json", DEFAULT_POOL) if p]
@@ -126,6 +132,10 @@ class Engine:
     def predict(self, config: Configuration) -> tuple[float, float] | None:  # GP (mean, std) in the metric
         return None if self.predictor is None else self.predictor.predict(config)
 
+    def prob_on_front(self, config: Configuration) -> float | None:  # under the GP, before learning from it
+        p = None if self.predictor is None else self.predictor.prob_on_front([config])
+        return None if p is None else round(p[0], 4)
+
     @contextmanager
     def _using(self, config: Configuration, adapter: bool = True) -> Iterator[None]:
         """Hold the lock with the model computing under `config` (adapter on or off)."""
@@ -151,12 +161,14 @@ class Engine:
                  "summary": config.describe(), **({"predicted": list(pred)} if pred else {})}  # once, not per chunk
         t0 = time.perf_counter()
         it = iter_eval(self.model, self.tokenizer, split, dtype=self.dtype, stream=True)
-        with self.turns.joined() as ticket, closing(it):
+        with self._trimmed(), self.turns.joined() as ticket, closing(it):
             while True:
                 with self.turns.turn(ticket), self._using(config, adapter):
                     est = next(it, None)
                 if est is None:
                     return
+                if est.done and pred:  # once, at the end: the first estimate is not delayed
+                    extra["p_front"] = self.prob_on_front(config)
                 rec = ResultRecord.from_estimate(
                     est, config=config, model=self.model_name, split=split, seed=self.seed,
                     method=self.loaded.method if with_adapter else "base",
@@ -165,6 +177,17 @@ class Engine:
                 if est.done and with_adapter and not report and self.predictor:  # the GP learns (background refit)
                     self.predictor.observe(rec)
                 yield rec
+
+    @staticmethod
+    @contextmanager
+    def _trimmed() -> Iterator[None]:
+        """When an evaluation ends (or is superseded), give the heap's free pages back to the
+        system (coalora.lora.budget.trim_heap): its activations are free by then, and glibc
+        would keep them (docs/app.md, "Memory")."""
+        try:
+            yield
+        finally:
+            budget.trim_heap()
 
     def evaluate_final(self, config: Configuration, adapter: bool = True, report: bool = False) -> ResultRecord:
         return [*self.evaluate(config, adapter, report)][-1]

@@ -227,7 +227,7 @@ def table(state: SessionState) -> list[list[Any]]:
     return [list(r.values()) for r in rows]
 
 
-TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "test (reportable)",
+TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "P(on front)", "test (reportable)",
                  "method", "config_hash", "summary"]
 
 
@@ -235,6 +235,8 @@ def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> 
     extra = rec.get("extra") or {}
     state = "final" if extra.get("done") else "streaming"
     pred = "" if prediction is None else f" · GP predicted {prediction[0]:.3f} ± {prediction[1]:.3f}"
+    if extra.get("p_front") is not None:
+        pred += f" · P(on front) {extra['p_front']:.2f}"
     return (f"{rec['metric']} **{rec['value']:.3f} ± {rec['stderr']:.3f}** on {rec['n']}/{extra.get('n_target', '?')} "
             f"rows ({state}, {rec['seconds']:.1f} s, {rec.get('dtype')}){pred}")
 
@@ -297,7 +299,11 @@ def calibration(engine: Engine) -> list[Any]:
     recs = [] if p is None or p.observations is None else [
         r.to_dict() for r in iter_records(p.observations)
         if r.split_hash == engine.split.manifest_hash and r.checkpoint == p.checkpoint]
-    return list(calibration_figure(recs, p.metric if p is not None else "accuracy"))
+    recs = [r for r in recs if (r.get("extra") or {}).get("predicted")]
+    on_front = None
+    if recs:  # under the GP as it is now (it has learned from these points)
+        on_front = p.prob_on_front([engine.space.from_dict(r["config"]) for r in recs])
+    return list(calibration_figure(recs, p.metric if p is not None else "accuracy", on_front))
 
 
 def table_csv(engine: Engine, state: SessionState) -> str:

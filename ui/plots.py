@@ -150,16 +150,19 @@ def points_table(points: Sequence[dict[str, Any]], reports: dict[str, dict[str, 
             "avg_bits": round(r["avg_bits"], 4), "size_MB": round(r["packed_bytes"] / MB, 3),
             r.get("metric", "value"): round(r["value"], 4), "stderr": round(r["stderr"], 4), "n": r["n"],
             "predicted": None if not pred else round(pred[0], 4), "pred_std": None if not pred else round(pred[1], 4),
+            "P(on front)": extra.get("p_front"),
             "test (reportable)": None if rep is None else f"{rep['value']:.4f} ± {rep['stderr']:.4f} (n={rep['n']})",
             "method": r.get("method"), "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
         })
     return rows
 
 
-def calibration_figure(records: Sequence[dict[str, Any]], metric: str = "accuracy"):
+def calibration_figure(records: Sequence[dict[str, Any]], metric: str = "accuracy",
+                       on_front: Sequence[float] | None = None):
     """GP-predicted vs measured for every observation whose prediction was made before it was
-    measured (extra.predicted = [mean, std]): the y = x line, ±2σ bars. -> (figure, summary
-    line: how many, share inside ±2σ, Spearman rank correlation)."""
+    measured (extra.predicted = [mean, std]): the y = x line, ±2σ bars; `on_front` (one per
+    such record, or None) colours each point by its probability of being on the front.
+    -> (figure, summary line: how many, share inside ±2σ, Spearman rank correlation)."""
     import plotly.graph_objects as go
     from scipy.stats import spearmanr
 
@@ -167,16 +170,22 @@ def calibration_figure(records: Sequence[dict[str, Any]], metric: str = "accurac
     pred = [r["extra"]["predicted"][0] for r in pts]
     sd = [r["extra"]["predicted"][1] for r in pts]
     meas = [r["value"] for r in pts]
+    pf = list(on_front) if on_front is not None and len(on_front) == len(pts) else None
     fig = go.Figure()
     lo, hi = min(pred + meas + [0.4]), max(pred + meas + [1.0])
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot", "color": "gray"}))
     if pts:
+        marker: dict[str, Any] = {"size": 8, "color": "rgb(99,110,250)"}
+        if pf is not None:
+            marker.update(color=pf, cmin=0, cmax=1, colorscale="Viridis",
+                          colorbar={"title": {"text": "P(on front)"}, "thickness": 12})
         fig.add_trace(go.Scatter(
-            x=pred, y=meas, mode="markers", name="observations", marker={"size": 7, "color": "rgb(99,110,250)"},
+            x=pred, y=meas, mode="markers", name="observations", marker=marker,
             error_x={"type": "data", "array": [2 * s for s in sd], "visible": True, "thickness": 1},
             hovertext=[f"{(r.get('extra') or {}).get('summary', '')}<br>{r['avg_bits']:.3f} bits<br>predicted "
                        f"{p:.3f} ± {2 * s:.3f} (2σ)<br>measured {m:.3f} ± {r['stderr']:.3f}"
-                       for r, p, s, m in zip(pts, pred, sd, meas)], hoverinfo="text"))
+                       + ("" if pf is None else f"<br>P(on front) {pf[i]:.2f} under the current GP")
+                       for i, (r, p, s, m) in enumerate(zip(pts, pred, sd, meas))], hoverinfo="text"))
     fig.update_layout(xaxis={"title": {"text": f"GP-predicted {metric} (± 2σ), made before measuring"}},
                       yaxis={"title": {"text": f"measured {metric} (quick eval)"}}, height=380,
                       template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 40},
@@ -185,5 +194,6 @@ def calibration_figure(records: Sequence[dict[str, Any]], metric: str = "accurac
         return fig, "No calibration data yet: every evaluation made in the app adds one point."
     inside = sum(abs(m - p) <= 2 * s for p, s, m in zip(pred, sd, meas)) / len(pts)
     rho = spearmanr(pred, meas).statistic if len(pts) >= 3 else float("nan")
+    likely = "" if pf is None else f" {sum(q >= 0.5 for q in pf)} of them are likely on the front (P ≥ 0.5)."
     return fig, (f"{len(pts)} observations: {inside:.0%} inside their ±2σ interval, Spearman rank correlation "
-                 f"{rho:.2f} (each prediction was made before its point was measured and learned from).")
+                 f"{rho:.2f} (each prediction was made before its point was measured and learned from).{likely}")

@@ -146,6 +146,42 @@ def predicted_front(surrogate: Surrogate, budgets: Sequence[float] = DEFAULT_BUD
     return PredictedFront(tuple(points), space, objective, meta)
 
 
+def prob_on_front(surrogate: Surrogate, configs: Sequence[Configuration], competitors: Sequence[Configuration] = (),
+                  n_samples: int = 256, seed: int = 0) -> torch.Tensor:
+    """P(on the front) of each of `configs`: the share of joint posterior draws of the GP's
+    latent f1 in which no other configuration of `configs` + `competitors` dominates it
+    (at most its exact bits and strictly lower f1). -> (len(configs),) float64 in [0, 1].
+
+    Why joint draws: neighbouring configurations' values are correlated; independent
+    marginals would overstate how often a close rival wins. The answer is relative to the
+    set compared against (e.g. the front's configurations plus the observations), not the
+    whole space, which no finite sample covers.
+    """
+    if not configs:
+        return torch.zeros(0, dtype=torch.float64)
+    everything = list(dict.fromkeys([*configs, *competitors]))  # order-preserving de-duplication
+    where = {c: i for i, c in enumerate(everything)}
+    idx = index_matrix(everything, surrogate.space)  # (k, D)
+    bits = ExactBits(surrogate.space)(idx)  # (k,)
+    with torch.no_grad():
+        post = surrogate.model.posterior(surrogate.features(idx))
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n_samples, idx.shape[0], generator=gen, dtype=torch.float64)
+        mean = post.mean.reshape(-1)
+        cov = post.mvn.covariance_matrix.reshape(idx.shape[0], idx.shape[0]).to(torch.float64)
+        jitter = 1e-9 * cov.diagonal().mean().clamp_min(1e-12)
+        chol = torch.linalg.cholesky(cov + jitter * torch.eye(idx.shape[0], dtype=torch.float64))
+        draws = mean + z @ chol.T  # (S, k) latent f1
+    mine = torch.tensor([where[c] for c in configs])
+    cheaper = bits[None, :] <= bits[mine][:, None]  # (n, k): could dominate on size
+    cheaper[torch.arange(len(configs)), mine] = False  # never itself
+    dominated = torch.zeros(len(configs), dtype=torch.float64)
+    for part in torch.split(draws, 32):  # (s, k) at a time: bounded memory for hundreds of points
+        better = part[:, None, :] < part[:, mine][:, :, None]  # (s, n, k)
+        dominated += (better & cheaper[None]).any(-1).sum(0)
+    return 1.0 - dominated / n_samples
+
+
 def allocate_gp(surrogate: Surrogate, budget: float, candidates: Sequence[Configuration] = (),
                 n_mutations: int = 1024, polish_steps: int = 20, seed: int = 0) -> FrontPoint:
     """The configuration the GP predicts best with avg_bits <= `budget` (ConfigError if none fits)."""

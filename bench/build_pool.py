@@ -205,7 +205,9 @@ def main() -> int:
 
         print(json.dumps({"heldout": Counter(k for _, k in held), "pool": Counter(k for _, k in pool)}))
         return 0
-    pool_meta = {"checkpoint": str(folder), "checkpoint_sha256": sha, **describe(split, "error"),
+    from coalora.lora.checkpoint import checkpoint_label
+
+    pool_meta = {"checkpoint": checkpoint_label(folder, meta), "checkpoint_sha256": sha, **describe(split, "error"),
                  "rows": len(split), "metric": "accuracy", "source": "bench/build_pool.py"}
     jobs = []
     if args.only != "pool":

@@ -66,7 +66,7 @@ def test_search_records_pool_and_front_then_continues(tiny_ckpt, tmp_path, capsy
     records = read_records(tmp_path / "r.jsonl")
     assert len(records) == len(pool)
     r = records[0]
-    assert r.method == "coalora" and r.checkpoint == str(ckpt) and r.metric == "accuracy" and r.n == 8
+    assert r.method == "coalora" and r.checkpoint.startswith("ckpt@sha256:") and r.metric == "accuracy" and r.n == 8
     assert r.extra["part"] == "dev" and r.split["part"] == "dev" and r.code_version
     # f1 = 1 - accuracy, and the pool holds exactly the recorded values.
     by_hash = {c.hash: v for c, v in zip(pool.configs, pool.values)}

@@ -70,6 +70,9 @@ def register(sub) -> None:
     p.add_argument("--mc-samples", type=int, default=64, help="Monte-Carlo samples of the log-EHVI (default 64)")
     p.add_argument("--seed", type=int, default=0, help="search seed (GP fit, acquisition; default 0)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="compute precision for --objective error")
+    from coalora.cli.common import add_device_arg
+
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -124,6 +127,7 @@ def initial_configs(space, meta: dict[str, Any], budgets: list[float]) -> tuple[
 def run(args: argparse.Namespace) -> int:
     from coalora.data import task_spec
     from coalora.lora import load_checkpoint, read_metadata
+    from coalora.lora.checkpoint import checkpoint_label
     from coalora.results import append_record
     from coalora.search.front import DEFAULT_BUDGETS, predicted_front, PredictedFront
     from coalora.train.configs import configs_at_bits
@@ -138,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     budgets = parse_budgets(args.budgets)
+    from coalora.device import place, resolve_device
+
+    device = resolve_device(args.device)  # before the model loads: one line when CUDA is missing
     # Everything that can be checked without the model is checked first.
     folder, meta = read_metadata(args.checkpoint)
     training = meta.get("training") or {}
@@ -151,11 +158,12 @@ def run(args: argparse.Namespace) -> int:
     pool_path = Path(args.pool) if args.pool else pool_path
     front_path = Path(args.front) if args.front else front_path
     sha = meta["tensors"].get("sha256")
-    pool_meta = {"checkpoint": str(folder), "checkpoint_sha256": sha, **describe(split, args.objective)}
+    pool_meta = {"checkpoint": checkpoint_label(folder, meta), "checkpoint_sha256": sha, **describe(split, args.objective)}
     if pool_path.exists():
         check_pool_file(pool_path, pool_meta)
 
     model, tok, meta = load_checkpoint(folder, quiet=args.json)
+    place(model, device)
     space = model.space
     pool = Pool.load(pool_path, space) if pool_path.exists() else Pool(space)
     n_before = len(pool)
@@ -164,8 +172,9 @@ def run(args: argparse.Namespace) -> int:
     objective = dev_objective(model, tok, split, args.objective, args.dtype,
                               max_length=int((training.get("args") or {}).get("max_length", 128)),
                               progress=not args.json, method=training.get("method", "coalora"),
-                              checkpoint=str(folder),
-                              extra={"source": "coalora search", "search_seed": args.seed, "checkpoint_sha256": sha})
+                              checkpoint=pool_meta["checkpoint"],
+                              extra={"source": "coalora search", "role": "select", "search_seed": args.seed,
+                                     "checkpoint_sha256": sha})
 
     def on_evaluated(configs, values) -> None:
         for record in objective.last:

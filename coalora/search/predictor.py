@@ -40,6 +40,7 @@ class Predictor:
         self.observed: set[str] = set()  # hashes of the configurations the current GP was fitted on
         self.refits = 0  # successful refits after the first fit
         self._gp: Any = None
+        self._configs: list[Configuration] = []  # what the current GP was fitted on
         self._tried = False
         self._lock = threading.Lock()  # guards the fitted state
         self._refit_lock = threading.Lock()  # one refit at a time
@@ -76,6 +77,7 @@ class Predictor:
         by_hash: dict[str, tuple[Configuration, float]] = {}
         n_obs = 0
         if self.pool_path is not None:
+            self._check_pool()
             pool = pool_from_records(self.pool_path, self.space, self.task)
             by_hash.update({c.hash: (c, v) for c, v in zip(pool.configs, pool.values)})
         if self.observations is not None:
@@ -90,6 +92,30 @@ class Predictor:
                     n_obs += 1
         configs = [c for c, _ in by_hash.values()]
         return configs, [v for _, v in by_hash.values()], n_obs
+
+    def _check_pool(self) -> None:
+        """Refuse (ModelMismatchError, one line) a pool measured on other rows than the quick
+        eval's or with another checkpoint: its values would mean something else."""
+        from coalora import jsonfile
+        from coalora.errors import ModelMismatchError
+
+        path = Path(self.pool_path)
+        text = jsonfile.read_bytes(path, f"pool file {path.name!r}").decode("utf-8", "replace")
+        if text.lstrip().startswith("{") and "coalora.search_pool/" in text[:200]:
+            head = jsonfile.loads(text, source=f"pool file {path.name!r}")
+            sources = [(head.get("split_hash"), str(head.get("checkpoint_sha256") or "")[:16])]
+        else:
+            rows = [jsonfile.loads(line, source=f"pool file {path.name!r}") for line in text.splitlines() if line.strip()]
+            sources = {(r.get("split_hash"), str(r.get("checkpoint") or "").rpartition("@sha256:")[2])
+                       for r in rows if isinstance(r, dict) and r.get("task", self.task) == self.task}
+        mine = (self.split_hash, str(self.checkpoint or "").rpartition("@sha256:")[2])
+        for rows_hash, sha in sorted(sources, key=str):
+            if self.split_hash is not None and rows_hash != self.split_hash:
+                raise ModelMismatchError(f"pool {path.name!r} was measured on rows {rows_hash!r}; the quick eval "
+                                         f"uses rows {self.split_hash!r}: rebuild the pool on these rows")
+            if self.checkpoint is not None and sha != mine[1]:
+                raise ModelMismatchError(f"pool {path.name!r} was measured with checkpoint sha256 {sha or 'unknown'}; "
+                                         f"this app runs {self.checkpoint}: rebuild the pool for this checkpoint")
 
     def _fit(self) -> None:
         """Fit the GP (and, once the app has observations, the front) on the current data;
@@ -107,7 +133,7 @@ class Predictor:
             new = predicted_front(gp, [p.budget for p in front.points], candidates=configs)
             front = type(new)(new.points, new.space, new.objective, {**new.meta, **meta})
         with self._lock:
-            self._gp, self.front, self.observed = gp, front, {c.hash for c in configs}
+            self._gp, self.front, self.observed, self._configs = gp, front, {c.hash for c in configs}, configs
 
     # ---- learning -----------------------------------------------------------------------------
     def observe(self, record: Any, background: bool = True) -> bool:
@@ -170,3 +196,17 @@ class Predictor:
             return None
         mean, std = gp.predict([config], observation_noise=True)
         return from_error(self.metric, float(mean[0])), float(std[0])
+
+    def prob_on_front(self, configs: list[Configuration]) -> list[float] | None:
+        """Each configuration's probability of being on the front (not dominated in size and
+        quick-eval score) under the GP, against the front's configurations and every
+        configuration the GP was fitted on (coalora.search.front.prob_on_front), or None."""
+        from coalora.search.front import prob_on_front
+
+        gp = self.surrogate()
+        if gp is None:
+            return None
+        with self._lock:
+            rivals = [p.config for p in self.front.points] if self.front is not None else []
+            rivals += self._configs
+        return prob_on_front(gp, configs, rivals).tolist()

@@ -1,0 +1,63 @@
+"""The app's Predictor: which pools it accepts (one measure, one checkpoint), P(on front)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coalora.search.loop import Pool
+from coalora.search.predictor import Predictor
+
+ROWS, CKPT = "rows-a", "tiny@sha256:0123456789abcdef"
+
+
+def synthetic(configs):
+    return [1.0 / c.avg_bits for c in configs]  # error falls with bits
+
+
+def pool_file(space, tmp_path, **meta):
+    configs = space.sample(6, seed=0) + [space.preset("nf2"), space.preset("nf4")]
+    pool = Pool(space)
+    pool.add(configs, synthetic(configs))
+    stamp = {"split_hash": ROWS, "checkpoint_sha256": "0123456789abcdef" + "0" * 48}
+    return pool.save(tmp_path / "pool.json", {**stamp, **meta}), configs
+
+
+def records_file(space, tmp_path, split_hash=ROWS, checkpoint=CKPT):
+    configs = space.sample(4, seed=1)
+    lines = [json.dumps({"task": "sst2", "metric": "accuracy", "value": 1 - v, "config": c.to_dict(),
+                         "split_hash": split_hash, "checkpoint": checkpoint})
+             for c, v in zip(configs, synthetic(configs))]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow  # fits a GP
+def test_a_matching_pool_is_used_and_gives_probabilities(tiny_space, tmp_path):
+    path, configs = pool_file(tiny_space, tmp_path)
+    p = Predictor(tiny_space, "sst2", None, path, split_hash=ROWS, checkpoint=CKPT)
+    assert p.surrogate() is not None and p.observed == {c.hash for c in configs}
+    mean, std = p.predict(tiny_space.preset("nf3"))
+    assert 0.0 < mean < 1.0 and std > 0
+    probs = p.prob_on_front([tiny_space.preset("min"), tiny_space.preset("nf4")])
+    assert probs[0] == 1.0 and 0.0 <= probs[1] <= 1.0  # nothing is cheaper than "min"
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"split_hash": "rows-b"}, "measured on rows 'rows-b'; the quick eval uses rows 'rows-a'"),
+    ({"checkpoint_sha256": "f" * 64}, "checkpoint sha256 ffffffffffffffff; this app runs tiny@sha256:0123456789abcdef"),
+])
+def test_a_pool_of_other_rows_or_another_checkpoint_is_refused(tiny_space, tmp_path, meta, words):
+    path, _ = pool_file(tiny_space, tmp_path, **meta)
+    p = Predictor(tiny_space, "sst2", None, path, split_hash=ROWS, checkpoint=CKPT)
+    assert p.surrogate() is None and p.prob_on_front([tiny_space.preset("nf4")]) is None
+    assert words in p.notices[-1] and "\n" not in p.notices[-1]
+
+
+@pytest.mark.parametrize("kw, words", [({"split_hash": "rows-b"}, "measured on rows 'rows-b'"),
+                                       ({"checkpoint": "tiny@sha256:ffffffffffffffff"}, "checkpoint sha256 ffff")])
+def test_records_of_other_rows_or_checkpoints_are_refused(tiny_space, tmp_path, kw, words):
+    p = Predictor(tiny_space, "sst2", None, records_file(tiny_space, tmp_path, **kw), split_hash=ROWS, checkpoint=CKPT)
+    assert p.surrogate() is None and words in p.notices[-1]

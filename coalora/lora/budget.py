@@ -36,6 +36,9 @@ trainer sets its own switcher budget (`cache_gb`, 4 GiB).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from dataclasses import dataclass
 
 MiB = 1 << 20
@@ -49,6 +52,10 @@ class MemoryBudget:
     merged_bytes: int = 256 * MiB
     prefix_bytes: int = 320 * MiB
     prefix_stride: int = 3  # keep the input of every 3rd block (and the last block's output)
+    # glibc malloc (the heap the tensors live in; see `configure_allocator`): at most this many
+    # arenas (0: glibc's default, 8 per core), and the heap trimmed after every app evaluation.
+    malloc_arena_max: int = 2
+    trim_after_eval: bool = True
 
 
 BUDGET = MemoryBudget()
@@ -57,3 +64,50 @@ BUDGET = MemoryBudget()
 def current() -> MemoryBudget:
     """The module-level budget new models are built with (replace `BUDGET` to change it)."""
     return BUDGET
+
+
+# ---- the allocator under the tensors (glibc malloc) ---------------------------------------
+# torch's CPU tensors come from malloc. Measured in the app's engine (bench/memory.py, 8
+# evaluations on 8 worker threads, as gradio runs streaming handlers): glibc made 16 arenas
+# (8 per core, one per thread that allocates while another holds an arena) and kept 1.8 GB
+# freed but not returned to the system, more than all the caches together; its mmap
+# threshold had risen to its 32 MiB maximum, so every tensor came from the arenas.
+# Two arenas and a malloc_trim(0) after each evaluation return that memory.
+_M_ARENA_MAX = -8  # mallopt parameter numbers from glibc's malloc.h
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None elsewhere (musl, macOS, Windows): then the allocator is left as it is."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        libc.mallopt.argtypes, libc.malloc_trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def configure_allocator(limits: MemoryBudget | None = None) -> bool:
+    """Cap glibc's malloc arenas at `malloc_arena_max` -> True when applied. Call it before the
+    process starts its threads (app.py does, first thing): arenas already made stay, and
+    MALLOC_ARENA_MAX in the environment, when set, is left to win."""
+    import os
+
+    limits = limits or current()
+    libc = _libc()
+    if libc is None or limits.malloc_arena_max <= 0 or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, limits.malloc_arena_max))
+
+
+def trim_heap(limits: MemoryBudget | None = None) -> bool:
+    """Give the free pages of every malloc arena back to the system (glibc malloc_trim(0)),
+    when `trim_after_eval` -> True when it ran. The app calls it after each evaluation: the
+    activations and superseded weights of the last one are free by then."""
+    limits = limits or current()
+    libc = _libc()
+    if libc is None or not limits.trim_after_eval:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.coalora-setup
 
-.PHONY: setup app test test-fast bench clean-venv
+.PHONY: setup app test test-fast bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/quant.py
+
+# CUDA vs CPU parity and the app latency bench on CUDA (bench/gpu_check.py); without a GPU it
+# says so and exits 0. Not yet run on a GPU by this project.
+gpu-check: setup
+	$(PY) bench/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

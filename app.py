@@ -5,7 +5,9 @@ SPACE_ID is set, as on Hugging Face Spaces), COALORA_CHECKPOINT (default "defaul
 assets/checkpoints/default), COALORA_FRONT (default assets/front/default.json),
 COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's pool.json),
 COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
-default $COALORA_CACHE/app/observations.jsonl).
+default $COALORA_CACHE/app/observations.jsonl), COALORA_DEVICE (auto, cpu or cuda, as
+`--device` of the command line; default auto: CUDA when torch sees a GPU, else the CPU;
+coalora/device.py).
 
 Memory (docs/app.md, "Memory"): main() caps glibc's malloc arenas before the app starts its
 threads and the engine trims the heap after each evaluation (coalora/lora/budget.py).
@@ -101,10 +103,15 @@ def load_engine(env: Mapping[str, str]):
     checkpoint must exist."""
     from pathlib import Path
 
+    from coalora.device import resolve_device
     from coalora.errors import CheckpointError
     from coalora.lora import read_metadata
     from coalora.models import cache_dir
+    from ui import zerogpu
     from ui.engine import DEFAULT_FRONT, Engine
+
+    # On ZeroGPU, zerogpu.prepare places the model (CUDA is attached inside GPU functions only).
+    device = None if zerogpu.on_zerogpu(env) else resolve_device(env.get("COALORA_DEVICE"), "COALORA_DEVICE")
 
     checkpoint = env.get("COALORA_CHECKPOINT", "default")
     notices = []
@@ -121,7 +128,7 @@ def load_engine(env: Mapping[str, str]):
     # Every evaluation made in the app becomes a GP observation, kept across restarts.
     observations = Path(env.get("COALORA_OBSERVATIONS") or cache_dir() / "app" / "observations.jsonl")
     return Engine.load(checkpoint, front_path=front, pool_paths=pools, observations=observations,
-                       notices=tuple(notices))
+                       notices=tuple(notices), device=device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     except InstallError as e:
         raise SystemExit(f"[coalora] error: {e}")
     from ui import zerogpu  # before torch touches CUDA: on ZeroGPU this imports `spaces` first
+    from coalora.errors import CoaloraError
     from coalora.lora import budget
 
     budget.configure_allocator()  # before gradio starts its worker threads (docs/app.md, "Memory")
@@ -145,7 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["GRADIO_TEMP_DIR"] = str(process_tmp() / "gradio")
     from ui.layout import build_app
 
-    engine = load_engine(os.environ)
+    try:
+        engine = load_engine(os.environ)
+    except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
+        _log(f"error: {e}")
+        raise SystemExit(2)
     zerogpu.prepare(engine)  # on ZeroGPU: the model moves to CUDA; elsewhere nothing
     if args.write_baselines is not None:
         from coalora.results import write_records

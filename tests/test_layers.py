@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 LAYERS = [
-    {"errors", "io", "tmp", "jsonfile", "metrics", "results", "version"},
+    {"errors", "io", "tmp", "jsonfile", "metrics", "results", "version", "device"},
     {"quant"}, {"space"}, {"models", "data"}, {"eval"}, {"lora"}, {"search"}, {"train"}, {"export"}, {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

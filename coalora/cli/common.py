@@ -23,6 +23,13 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device {auto,cpu,cuda} (coalora.device): eval, train and search share it."""
+    from coalora.device import DEVICE_HELP
+
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+
+
 def config_help() -> str:
     presets = "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items())
     return f"a preset name or a configuration JSON file (see README). Presets: {presets}"

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from coalora.cli.common import add_model_arg, check_writable_file, config_help
+from coalora.cli.common import add_device_arg, add_model_arg, check_writable_file, config_help
 from coalora.errors import CoaloraError, DataError
 
 
@@ -48,12 +48,15 @@ def register(sub) -> None:
     p.add_argument("--report", action="store_true",
                    help="every row of the test part: the reportable number (record extra.role = report)")
     p.add_argument("--seed", type=int, default=0, help="data split seed (default 0; must match training's)")
-    p.add_argument("--prompts", default="coalora", choices=["coalora", "lm-eval"],
-                   help="prompt style: coalora (default; what training, the search and the app use) or lm-eval "
-                   "(lm-evaluation-harness 0.4.13's prompts, scoring and stderr for sst2, piqa, arc_easy, "
-                   "arc_challenge; metric acc plus acc_norm; e.g. --prompts lm-eval --part all --full --dtype fp32)")
+    p.add_argument("--prompts", default="coalora", choices=["coalora", "lm-eval", "lm-eval-coalora"],
+                   help="prompt style: coalora (default; what training, the search and the app use); lm-eval "
+                   "(lm-evaluation-harness 0.4.13's own task prompts, scoring and stderr for sst2, piqa, arc_easy, "
+                   "arc_challenge; metric acc plus acc_norm; compare with --part all --full --dtype fp32); "
+                   "lm-eval-coalora (coalora's prompt texts, unstripped, scored as lm-eval scores them; differs "
+                   "from lm-eval only for sst2: 'Review: ...\\nSentiment:')")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="compute precision (auto: bf16 where the CPU supports it, else fp32)")
+                   help="compute precision (auto: bf16 on CUDA and where the CPU supports it, else fp32)")
+    add_device_arg(p)
     p.add_argument("--records", default=str(DEFAULT_RECORDS), help=f"JSON-lines file to append the result to (default {DEFAULT_RECORDS})")
     p.add_argument("--no-record", action="store_true", help="do not write a result record")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,12 +95,15 @@ def _load(args: argparse.Namespace):
     """-> coalora.lora.LoadedModel: the checkpoint on its base, or the base with a zero adapter."""
     import torch
 
+    from coalora.device import place
     from coalora.lora import load_for_eval
 
     if args.checkpoint is not None and args.config == "none":
         raise CoaloraError("--config none cannot be used with --checkpoint: an adapter is evaluated under a "
                            "quantization configuration (give a preset such as nf4 or a configuration file)")
-    return load_for_eval(args.checkpoint, args.model, dtype=torch.float32, quiet=args.json)
+    loaded = load_for_eval(args.checkpoint, args.model, dtype=torch.float32, quiet=args.json)
+    place(loaded.model, args.device)
+    return loaded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_record:  # before the evaluation, not after it
         check_writable_file(args.records, "--records", append=True)
     split = _select_split(args)
+    from coalora.device import resolve_device
+
+    args.device = resolve_device(args.device)  # before the model loads: one line when CUDA is missing
     loaded = _load(args)
     model, tok, method, checkpoint = loaded.model, loaded.tokenizer, loaded.method, loaded.checkpoint
     config = None if args.config == "none" else model.space.load(args.config)
@@ -123,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     assert est is not None
 
     role = {"role": "select"} if args.quick else {"role": "report"} if args.report else {}
+    if args.device.type != "cpu":  # where it was computed, when not on the CPU (bf16 kernels differ)
+        role["device"] = str(args.device)
     record = ResultRecord.from_estimate(est, config=config, model=args.model, split=split, method=method,
                                         checkpoint=checkpoint, config_path=None if config is None else str(args.config),
                                         extra=role)

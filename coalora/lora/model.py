@@ -137,6 +137,22 @@ class CoaLoraModel(nn.Module):
                     seen.add(id(t))  # tied weights (embeddings = head) are one tensor: copied once
                     t.data = t.data.clone()
 
+    # ---- devices (coalora.device) ---------------------------------------------------------
+    def _apply(self, fn: Any, recurse: bool = True) -> "CoaLoraModel":
+        """.to(device) / .cuda() / accelerate's placement: parameters and buffers move as
+        usual; then the state that is not a parameter follows (issue 13, item 6). The
+        switcher keeps quantizing on the CPU from its host-memory fp32 originals into its
+        host-memory cache (bit-identical weights on every device); on a GPU the live weights
+        are copies of the cache entries (a one-block change copies 7 matrices, 14 MB; a whole
+        configuration 425 MB)."""
+        super()._apply(fn, recurse)
+        self.release_merged()  # rebuilt on the new device by the next inference forward
+        self.clear_prefix()
+        if self._codes is not None and self.configuration is not None:
+            self._codes = self.codes(self.configuration)
+            self._theta_version = None  # θ's mixing M is re-made on the new device at the next forward
+        return self
+
     @classmethod
     def for_base(cls, base_model: nn.Module, model_name: str, cache_bytes: int | None = None) -> "CoaLoraModel":
         """Wrap a base model that has no trained adapter: a zero adapter, switched off, so

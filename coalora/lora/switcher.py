@@ -94,9 +94,9 @@ class WeightSwitcher:
                 continue
             mod = self.modules[m.name]
             if want is None:
-                mod.weight.data = self.originals[m.name].to(mod.weight.dtype)
-            else:
-                mod.weight.data = self._quantized(m.name, want)
+                mod.weight.data = self.originals[m.name].to(mod.weight.device, mod.weight.dtype)
+            else:  # on a GPU the live weights are copies of the (host memory) cache entries
+                mod.weight.data = self._quantized(m.name, want).to(mod.weight.device)
             self.current[m.name] = want
             self.generation[m.name] += 1
             changed += 1

@@ -10,6 +10,7 @@ from coalora.errors import ConfigError
 METHODS = ("coalora", "lora", "shared")
 RECIPES = ("task", "lm")
 PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")  # coalora.device
 
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
@@ -53,6 +54,9 @@ class TrainArgs:
     seed: int = _opt(0, "seed of initialisation, batch order and draws")
     split_seed: int = _opt(0, "seed of the train/dev/test carving")
     precision: str = _opt("auto", "auto: bf16 autocast where the CPU/GPU supports it, else fp32", choices=PRECISIONS)
+    device: str = _opt("auto", "where the model trains, placed by accelerate: auto (CUDA when torch sees a GPU, "
+                       "else the CPU), cpu, or cuda (fails when no GPU is available); under `accelerate launch` "
+                       "each process takes its own GPU", choices=DEVICES)
     save_every: int = _opt(50, "checkpoint every N steps (0: only at the end)")
     search: bool = _opt(True, "CoA-LoRA's training set is replaced by the Pareto configuration search at each "
                         "epoch end; --no-search keeps its initial set (the ablation)")
@@ -73,6 +77,8 @@ class TrainArgs:
             bad("recipe", ", ".join(RECIPES))
         if self.precision not in PRECISIONS:
             bad("precision", ", ".join(PRECISIONS))
+        if self.device not in DEVICES:
+            bad("device", ", ".join(DEVICES))
         if self.method == "lora" and not self.config:
             raise ConfigError("method 'lora' trains for one fixed configuration: give --config (a preset or JSON file)")
         for name in ("steps", "epoch_steps", "batch_size", "max_length", "rank", "n_configs", "dev_rows", "max_configs"):
@@ -111,4 +117,5 @@ class TrainArgs:
 
     # Options that may differ when resuming: they do not change what the steps compute
     # (`steps` moves the end: continue a finished run longer, or end an interrupted one early).
-    RESUMABLE_CHANGES = ("save_every", "out", "cache_gb", "steps")
+    # `device`: a run may continue on another device (bf16 kernels differ slightly between them).
+    RESUMABLE_CHANGES = ("save_every", "out", "cache_gb", "steps", "device")

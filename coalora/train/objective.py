@@ -81,7 +81,11 @@ def loss_objective(model: Any, tokenizer: Any, split: Split, max_length: int = 1
     (method, checkpoint, extra)."""
     from coalora.search.objective import DevObjective
 
-    measurer = loss_measurer(model, loss_batch(split, tokenizer, max_length), split.task, len(split))
+    from coalora.eval.scoring import model_device
+
+    dev = model_device(model)  # the batch goes where the model computes (coalora.device)
+    batch = {k: v.to(dev) for k, v in loss_batch(split, tokenizer, max_length).items()}
+    measurer = loss_measurer(model, batch, split.task, len(split))
     return DevObjective(model, tokenizer, split, "loss", progress=progress, measurer=measurer, **record)
 
 

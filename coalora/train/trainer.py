@@ -31,12 +31,12 @@ RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 
 
-def _precision(args: TrainArgs) -> str:
+def _precision(args: TrainArgs, device: torch.device) -> str:
     if args.precision == "fp32":
         return "no"
     if args.precision == "bf16":
         return "bf16"
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     from coalora.eval.scoring import cpu_has_bf16
 
@@ -217,7 +217,12 @@ def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: s
     from coalora.models import load_model
     from coalora.space import ConfigSpace
 
-    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(args))
+    from coalora.device import resolve_device
+
+    # The device goes through accelerate (it moves the model in `prepare`; under `accelerate
+    # launch` each process gets its own GPU); --device cuda without a GPU fails here, in one line.
+    device = resolve_device(args.device)
+    accel = Accelerator(cpu=device.type == "cpu", mixed_precision=_precision(args, device))
     main = accel.is_main_process
     out = prepare_out(args, resume, force) if main else Path(args.out)
     accel.wait_for_everyone()

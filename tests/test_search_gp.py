@@ -143,6 +143,7 @@ def test_predicted_front_respects_budgets_and_round_trips(fitted, tiny_space, tm
     assert [p.budget for p in front.points] == budgets
     for p in front.points:
         assert p.avg_bits <= p.budget and p.std >= 0
+        assert p.std_pred == pytest.approx((p.std ** 2 + fitted.noise_std ** 2) ** 0.5)  # latent + noise
     # more budget never predicts worse (the candidate set only grows with the budget)
     means = [p.mean for p in front.points]
     assert all(a >= b - 1e-12 for a, b in zip(means, means[1:]))
@@ -151,6 +152,7 @@ def test_predicted_front_respects_budgets_and_round_trips(fitted, tiny_space, tm
     assert data["points"][0]["lower"] == pytest.approx(means[0] - 2 * front.points[0].std)
     back = load_front(path, tiny_space)
     assert isinstance(back, PredictedFront) and [p.config for p in back.points] == [p.config for p in front.points]
+    assert [p.std_pred for p in back.points] == [p.std_pred for p in front.points]
     # a front made for another model is refused, naming both
     data["fingerprint"], data["model"] = "ffff", "other"
     (tmp_path / "foreign.json").write_text(json.dumps(data))

@@ -28,6 +28,8 @@ class FrontLine:
     summaries: tuple[str, ...]
     on_metric_axis: bool
     label: str
+    lower_pred: tuple[float, ...] = ()  # ± 2 predictive σ: where one measurement would land
+    upper_pred: tuple[float, ...] = ()
 
 
 def front_line(front: Any) -> FrontLine:
@@ -48,6 +50,8 @@ def front_line(front: Any) -> FrontLine:
         upper=tuple(conv(p.mean + 2 * p.std) for p in pts),
         summaries=tuple(p.config.describe() for p in pts),
         on_metric_axis=on_axis,
+        lower_pred=() if any(p.std_pred is None for p in pts) else tuple(conv(p.mean - 2 * p.std_pred) for p in pts),
+        upper_pred=() if any(p.std_pred is None for p in pts) else tuple(conv(p.mean + 2 * p.std_pred) for p in pts),
         label=("GP-predicted front (mean ± 2σ" if on_axis else "GP-predicted f1 (mean ± 2σ, right axis") + rows + ")",
     )
 
@@ -85,10 +89,15 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
                  f"(band {lo:.3f} .. {hi:.3f})"
                  for s, b, mb, y, lo, hi in zip(front.summaries, front.avg_bits, front.packed_bytes, front.y,
                                                 front.lower, front.upper)]
+        if front.lower_pred:
+            fig.add_trace(go.Scatter(x=list(front.avg_bits) + list(front.avg_bits)[::-1],
+                                     y=list(front.upper_pred) + list(front.lower_pred)[::-1], fill="toself",
+                                     fillcolor="rgba(99,110,250,0.07)", line={"width": 0}, hoverinfo="skip",
+                                     name="a measurement would land here (± 2σ with row noise)", yaxis=yaxis))
         fig.add_trace(go.Scatter(x=list(front.avg_bits) + list(front.avg_bits)[::-1],
                                  y=list(front.upper) + list(front.lower)[::-1], fill="toself",
-                                 fillcolor="rgba(99,110,250,0.15)", line={"width": 0}, hoverinfo="skip",
-                                 name="front band (± 2σ)", yaxis=yaxis))
+                                 fillcolor="rgba(99,110,250,0.18)", line={"width": 0}, hoverinfo="skip",
+                                 name="front band (± 2σ of the expected value)", yaxis=yaxis))
         fig.add_trace(go.Scatter(x=front.avg_bits, y=front.y, mode="lines+markers", name=front.label,
                                  line={"color": "rgb(99,110,250)"}, marker={"size": 4},
                                  hovertext=hover, hoverinfo="text", yaxis=yaxis))

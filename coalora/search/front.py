@@ -30,12 +30,15 @@ DEFAULT_BUDGETS: tuple[float, ...] = tuple(round(2.25 + 0.25 * k, 2) for k in ra
 
 @dataclass(frozen=True)
 class FrontPoint:
-    """Best predicted configuration under one budget: f1 mean, std, and exact avg_bits."""
+    """Best predicted configuration under one budget: f1 mean, latent std (how sure the GP is
+    of the expected value), std_pred (where one quick-eval measurement would land: latent and
+    the GP's noise; None in fronts saved before it existed) and exact avg_bits."""
 
     budget: float
     config: Configuration
     mean: float
     std: float
+    std_pred: float | None = None
 
     @property
     def avg_bits(self) -> float:
@@ -44,7 +47,8 @@ class FrontPoint:
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "avg_bits": self.avg_bits, "packed_bytes": self.config.packed_bytes,
                 "mean": self.mean, "std": self.std, "lower": self.mean - 2 * self.std,
-                "upper": self.mean + 2 * self.std, "config_hash": self.config.hash,
+                "upper": self.mean + 2 * self.std,
+                **({} if self.std_pred is None else {"std_pred": self.std_pred}), "config_hash": self.config.hash,
                 "config": self.config.to_dict()}
 
 
@@ -74,7 +78,8 @@ def load_front(path: str | Path, space: ConfigSpace) -> PredictedFront:
     if data.get("format") != FRONT_FORMAT:
         raise ConfigError(f"{path}: field 'format' is {data.get('format')!r}; expected {FRONT_FORMAT!r}")
     space.check_fingerprint(data.get("fingerprint", ""), f"the predicted front {str(path)!r}", data.get("model"))
-    pts = tuple(FrontPoint(p["budget"], space.from_dict(p["config"]), p["mean"], p["std"]) for p in data["points"])
+    pts = tuple(FrontPoint(p["budget"], space.from_dict(p["config"]), p["mean"], p["std"], p.get("std_pred"))
+                for p in data["points"])
     meta = {k: v for k, v in data.items() if k not in ("format", "model", "fingerprint", "objective", "points", "band")}
     return PredictedFront(pts, space, data.get("objective", "f1"), meta)
 
@@ -125,6 +130,7 @@ def predicted_front(surrogate: Surrogate, budgets: Sequence[float] = DEFAULT_BUD
     idx = torch.cat([idx, mutations(idx, n_mutations, seed)]).unique(dim=0)  # (k, D)
     bits = bits_of(idx)
     mean, std = surrogate.predict_indices(idx)
+    noise = surrogate.noise_std  # a measurement scatters by this much around the latent value
     points, empty = [], []
     for b in budgets:
         if b < BITS_MIN:
@@ -139,7 +145,7 @@ def predicted_front(surrogate: Surrogate, budgets: Sequence[float] = DEFAULT_BUD
             choice = _polish(surrogate, choice, float(b), bits_of, polish_steps)
             mm, ss = surrogate.predict_indices(choice[None])
             m, s = float(mm[0]), float(ss[0])
-        points.append(FrontPoint(float(b), space.decode(choice), m, s))
+        points.append(FrontPoint(float(b), space.decode(choice), m, s, (s * s + noise * noise) ** 0.5))
     meta = {"n_observations": surrogate.n_observations, "n_candidates": int(idx.shape[0]),
             "polish_steps": polish_steps, "seed": seed, "empty": empty,
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -257,11 +257,11 @@ def iter_eval(
     model: HF-style causal LM (see coalora.eval.scoring); eval mode while scoring, then
     its previous train/eval mode is restored.
     on_batch(n_rows_done): optional progress callback after each chunk.
-    prompts: "coalora" (default) or "lm-eval" (lm-evaluation-harness's prompts, scoring
-    and stderr; coalora.eval.prompts.LMEVAL_PROMPTS lists its tasks)."""
+    prompts: "coalora" (default), "lm-eval" (lm-evaluation-harness's prompts, scoring and
+    stderr) or "lm-eval-coalora" (coalora's texts scored that way); coalora.eval.prompts."""
     check_style(split.task, prompts)
-    # lm-eval scores every task it covers as multiple choice.
-    kind = "choice" if prompts == "lm-eval" else task_spec(split.task).kind
+    lmeval = prompts != "coalora"  # the lm-eval styles: multiple choice, lm-eval's metrics
+    kind = "choice" if lmeval else task_spec(split.task).kind
     start = time.perf_counter()
     was_training = model.training
     model.eval()  # dropout off; the caller's mode is restored at the end
@@ -283,7 +283,7 @@ def iter_eval(
             if kind == "lm":
                 value, se, extra = _summarise_text(scores)
                 metric, flat = "bits_per_byte", tuple(s[0] for s in scores)
-            elif prompts == "lm-eval":
+            elif lmeval:
                 flat = tuple(s[1] for s in scores)  # lm-eval's acc: argmax of summed log-likelihoods
                 norm = [s[0] for s in scores]
                 value, se, metric = sum(flat) / n, sample_stderr(flat), "acc"

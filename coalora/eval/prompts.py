@@ -18,7 +18,7 @@ Formats follow lm-eval-harness where it has one; SST-2 uses "Review: ...\\nSenti
 which reproduces the independent 0.786 zero-shot accuracy of SmolLM2-135M (docs/results.md).
 Fine-tuning uses the same prompts (`training_text`), so train and test see one format.
 
-Two prompt styles (`STYLES`):
+Prompt styles (`STYLES`):
 - "coalora" (the default, used by training, the search, the app and every shipped number):
   the formats above.
 - "lm-eval": lm-evaluation-harness 0.4.13's task YAMLs verbatim, for numbers comparable with
@@ -26,6 +26,11 @@ Two prompt styles (`STYLES`):
   choice with target delimiter " ", continuation tokens split off the joint encoding of
   context + continuation (lm-eval's `_encode_pair`), and acc_norm dividing by the choice's
   character length, `len(choice)` without the delimiter. Tasks: `LMEVAL_PROMPTS`.
+- "lm-eval-coalora": coalora's own prompt texts, nothing stripped, run exactly as lm-eval runs
+  a multiple_choice task (bench/lmeval_reference.py writes the matching lm-eval YAML). For SST-2
+  that is "Review: {sentence}\\nSentiment:" with choices negative / positive, the prompt the
+  issue's lm-eval reference (0.7867) used; for PIQA and ARC coalora's texts are lm-eval's, so
+  this style equals "lm-eval" there.
 """
 
 from __future__ import annotations
@@ -158,7 +163,7 @@ PROMPTS: dict[str, Callable[[Row], Prompt]] = {
 
 
 # ---- lm-evaluation-harness 0.4.13 task formats (style "lm-eval") ---------------------------
-STYLES: tuple[str, ...] = ("coalora", "lm-eval")
+STYLES: tuple[str, ...] = ("coalora", "lm-eval", "lm-eval-coalora")
 LMEVAL_DELIMITER = " "  # lm-eval's default target_delimiter
 
 
@@ -188,11 +193,21 @@ def _lmeval_arc(r: Row) -> ChoicePrompt:
                          list(r["choices"]["label"]).index(r["answerKey"]))
 
 
+def _lmeval_sst2_review(r: Row) -> ChoicePrompt:
+    # coalora's SST-2 text with the sentence as given (bench/lmeval_reference.py: sst2_review)
+    return lmeval_choice(f"Review: {r['sentence']}\nSentiment:", ["negative", "positive"], int(r["label"]))
+
+
 LMEVAL_PROMPTS: dict[str, Callable[[Row], ChoicePrompt]] = {
     "sst2": _lmeval_sst2,
     "piqa": _lmeval_piqa,
     "arc_easy": _lmeval_arc,
     "arc_challenge": _lmeval_arc,
+}
+# coalora's texts as lm-eval tasks: only SST-2's text differs from lm-eval's own.
+LMEVAL_COALORA_PROMPTS: dict[str, Callable[[Row], ChoicePrompt]] = {**LMEVAL_PROMPTS, "sst2": _lmeval_sst2_review}
+STYLE_PROMPTS: dict[str, dict[str, Callable[[Row], Prompt]]] = {
+    "coalora": PROMPTS, "lm-eval": LMEVAL_PROMPTS, "lm-eval-coalora": LMEVAL_COALORA_PROMPTS,
 }
 
 
@@ -203,14 +218,14 @@ def check_style(task: str, style: str) -> None:
     task_spec(task)  # DataError for unknown tasks
     if style not in STYLES:
         raise DataError(f"unknown prompt style {style!r}; known styles are {', '.join(STYLES)}")
-    if style == "lm-eval" and task not in LMEVAL_PROMPTS:
-        raise DataError(f"task {task!r} has no lm-eval prompts; lm-eval style covers {', '.join(LMEVAL_PROMPTS)}")
+    if task not in STYLE_PROMPTS[style]:
+        raise DataError(f"task {task!r} has no {style} prompts; style {style} covers {', '.join(STYLE_PROMPTS[style])}")
 
 
 def make_prompt(task: str, row: Row, style: str = "coalora") -> Prompt:
     """The prompt of one data row of `task` in `style` (see the module docstring)."""
     check_style(task, style)
-    return LMEVAL_PROMPTS[task](row) if style == "lm-eval" else PROMPTS[task](row)
+    return STYLE_PROMPTS[style][task](row)
 
 
 def training_text(task: str, row: Row) -> tuple[str, str]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from coalora.cli.common import add_model_arg, check_writable_file
+from coalora.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -35,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--task", help="with --pool: use only records of this task")
     p.add_argument("--weighting", choices=("mse", "fisher"), default="mse",
                    help="ilp cost: plain squared error, or Fisher-weighted from LAMBADA text (default mse)")
+    p.add_argument("--target", default="coalora",
+                   help="deployment target (docs/targets.md): coalora (the NF-k space, default), bnb or gguf; "
+                   "fast/ilp then choose among each matrix's legal formats of that target, costed in its real "
+                   "bytes, and --budget is its real bits per weight")
     p.add_argument("--out", help="write the configuration JSON here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -52,6 +57,42 @@ def _check_checkpoint(checkpoint: str, space) -> Path:
     return default_paths(checkpoint, folder)[0]
 
 
+def _run_target(args: argparse.Namespace, t0: float) -> int:
+    """--target bnb/gguf: fast or ilp over the target's legal formats (coalora.search.target_alloc)."""
+    from coalora.models import build_space_for
+    from coalora.quant.targets import get_target
+    from coalora.search.target_alloc import StorageTable, allocate_target, check_target_budget, get_target_costs
+
+    get_target(args.target)  # an unknown target: one line listing the known ones
+    if args.method == "gp":
+        raise ConfigError(f"--method gp does not support --target {args.target} yet: its GP is fitted on NF-k "
+                          "evaluations (no pool of target configurations); use --method fast or ilp")
+    if args.out is not None:
+        check_writable_file(args.out, "--out")
+    space = build_space_for(args.model)
+    if args.checkpoint:
+        _check_checkpoint(args.checkpoint, space)
+    storage = StorageTable.build(space, args.target)
+    args.budget = check_target_budget(storage, args.budget)  # shapes only: before any weight is loaded
+    table = get_target_costs(space, args.target, weighting=args.weighting, progress=not args.json)
+    got = allocate_target(table, args.budget, args.method)
+    config = got.config
+    out = {"model": args.model, "weighting": args.weighting, "costs": table.meta.get("source", "computed"),
+           **got.to_dict(), "packed_bytes": config.storage_bytes, "config_hash": config.hash,
+           "seconds": round(time.perf_counter() - t0, 3)}
+    if args.out:
+        config.save(args.out)
+        out["out"] = args.out
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.method} ({args.target}): avg bits {config.avg_bits:.4f} (budget {args.budget:g}), "
+              f"{config.storage_bytes:,} stored bytes, formats "
+              + ", ".join(f"{f} x{n}" for f, n in out["formats"].items())
+              + f", config {config.hash}" + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from coalora.errors import ConfigError
     from coalora.models import build_space_for
@@ -59,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     from coalora.search.pareto import BITS_MIN
 
     t0 = time.perf_counter()
+    if args.target != "coalora":
+        return _run_target(args, t0)
     # Fail before loading anything: the budget (one check with the app's) and the output path.
     args.budget = check_budget(args.budget, BITS_MIN)
     if args.out is not None:

@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument(
         "--target", default=None,
         help="a deployment target (bnb, gguf; docs/targets.md): --config is then one of its formats "
-        "for every matrix, or a JSON file {\"default\": FMT, \"matrices\": {name: FMT}}",
+        "for every matrix, a JSON file {\"default\": FMT, \"matrices\": {name: FMT}}, or a target "
+        "configuration file (coalora allocate --target T --out FILE)",
     )
     p.set_defaults(func=run)
 
@@ -34,6 +35,7 @@ def _run_target(args: argparse.Namespace, space) -> int:
     import os
 
     from coalora import jsonfile
+    from coalora.errors import ConfigError
     from coalora.quant.targets import get_target
     from coalora.quant.targets.assign import assign
 
@@ -41,6 +43,11 @@ def _run_target(args: argparse.Namespace, space) -> int:
     spec = args.config
     if spec.endswith(".json") or os.path.lexists(spec):
         spec = jsonfile.load(spec, source=f"assignment file {spec!r}")
+    if isinstance(spec, dict) and "format" in spec:  # a whole target configuration file (coalora allocate --out)
+        config = space.from_dict(spec)
+        if config.target != target.name:
+            raise ConfigError(f"configuration {args.config!r} is for target {config.target!r}, not {target.name!r}")
+        spec = {"default": config.to_dict()["default"], "matrices": config.to_dict()["matrices"]}
     s = assign(target, [(m.name, m.shape) for m in space.matrices], spec).summary()
     s = {"model": space.model_name, "fingerprint": space.fingerprint, **s}
     if args.json:

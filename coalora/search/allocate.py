@@ -62,10 +62,12 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_budget(budget: float, min_bits: float, max_bits: float | None = None) -> float:
+def check_budget(budget: float, min_bits: float, max_bits: float | None = None,
+                 cheapest: str = "nf2 with 2-bit scales, bf16, blocks 64x256") -> float:
     """A finite budget between the cheapest setting's bits per weight (`min_bits`) and the
     most precise one's (`max_bits`, default coalora.search.pareto.BITS_MAX = 8.625), else
-    ConfigError. The one budget check of the CLI and the app."""
+    ConfigError. The one budget check of the CLI and the app; `cheapest` names the cheapest
+    configuration in the message (a target's differs)."""
     from coalora.search.pareto import BITS_MAX
 
     top = BITS_MAX if max_bits is None else max_bits
@@ -82,7 +84,7 @@ def check_budget(budget: float, min_bits: float, max_bits: float | None = None) 
     if b < min_bits:
         raise ConfigError(
             f"budget {b:g} bits per weight is impossible: the cheapest setting needs {min_bits:.4f} "
-            f"(nf2 with 2-bit scales, bf16, blocks 64x256); the minimum budget is {min_bits:.4f}"
+            f"({cheapest}); the minimum budget is {min_bits:.4f}"
         )
     if b > top + 1e-9:
         raise ConfigError(f"budget {b:g} bits per weight is above the most precise setting ({top:.4f}); "

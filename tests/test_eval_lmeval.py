@@ -49,6 +49,16 @@ def test_lmeval_prompts_are_the_task_yamls_verbatim():
         assert arc.norm_lengths == (4, 5, 3) and arc.shared_context
 
 
+def test_lmeval_coalora_style_is_coaloras_text_unstripped():
+    sst2 = make_prompt("sst2", {"sentence": "a gem . ", "label": 0}, "lm-eval-coalora")
+    assert sst2 == ChoicePrompt(("Review: a gem . \nSentiment:",) * 2, (" negative", " positive"), 0,
+                                norm_lengths=(8, 8), joint_tokens=True)
+    # PIQA and ARC: coalora's texts are lm-eval's, so the two styles agree row for row.
+    for task in ("piqa", "arc_easy", "arc_challenge"):
+        for r in load_rows(task)[:20]:
+            assert make_prompt(task, r, "lm-eval-coalora") == make_prompt(task, r, "lm-eval")
+
+
 def test_packaged_rows_render_as_lm_eval_logged_them():
     # The first validation row of each file, as lm-eval 0.4.13 logged its request (arg_0)
     # with --log_samples on these same files (docs/results.md, "lm-evaluation-harness parity").
@@ -110,6 +120,7 @@ def test_sample_stderr_is_lm_evals_mean_stderr():
 
 # ---- the estimate equals a naive re-implementation of lm-eval's path ------------------------------
 YAML = {
+    "sst2_review": lambda r: (f"Review: {r['sentence']}\nSentiment:", ["negative", "positive"], r["label"]),
     "sst2": lambda r: (f"{r['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:",
                        ["negative", "positive"], r["label"]),
     "piqa": lambda r: (f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], r["label"]),
@@ -132,23 +143,41 @@ def _naive_lmeval(model, tok, context: str, choices: list[str]) -> list[float]:
     return lls
 
 
-@pytest.mark.parametrize("task", ["sst2", "piqa", "arc_easy"])
-def test_lmeval_estimate_equals_naive_lmeval_computation(lm, task):
+@pytest.mark.parametrize("task, style", [("sst2", "lm-eval"), ("sst2", "lm-eval-coalora"), ("piqa", "lm-eval"),
+                                         ("arc_easy", "lm-eval")])
+def test_lmeval_estimate_equals_naive_lmeval_computation(lm, task, style):
     model, tok = lm
     split = load_split(task, "all").head(12)
-    est = next(iter(iter_eval(model, tok, split, dtype="fp32", stream=False, prompts="lm-eval")))
+    est = next(iter(iter_eval(model, tok, split, dtype="fp32", stream=False, prompts=style)))
     acc, acc_norm = [], []
     with torch.no_grad():
         for r in split.rows:
-            context, choices, gold = YAML[task](r)
+            context, choices, gold = YAML["sst2_review" if style == "lm-eval-coalora" else task](r)
             lls = _naive_lmeval(model, tok, context, choices)
             norm = [ll / len(c) for ll, c in zip(lls, choices)]
             acc.append(float(max(range(len(lls)), key=lls.__getitem__) == gold))
             acc_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == gold))
-    assert est.metric == "acc" and est.n == 12 and est.extra["prompts"] == "lm-eval"
+    assert est.metric == "acc" and est.n == 12 and est.extra["prompts"] == style
     assert list(est.scores) == acc
     assert est.value == pytest.approx(sum(acc) / 12)
     assert est.extra["acc_norm"] == pytest.approx(sum(acc_norm) / 12)
     p, q = est.value, est.extra["acc_norm"]
     assert est.stderr == pytest.approx(math.sqrt(p * (1 - p) / 11))
     assert est.extra["acc_norm_stderr"] == pytest.approx(math.sqrt(q * (1 - q) / 11))
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("task", ["sst2", "piqa", "arc_easy"])
+def test_real_model_fast_path_equals_naive_lmeval_path(real_model, task):
+    # SmolLM2-135M, fp32: the batched, shared-context scorer gives lm-eval's per-choice
+    # log-likelihoods (naive path above) to float rounding, so the picks are the same.
+    from coalora.eval.harness import choice_loglikelihoods
+
+    model, tok = real_model
+    rows = load_split(task, "all").head(4).rows
+    fast = choice_loglikelihoods(model, tok, [make_prompt(task, r, "lm-eval") for r in rows])
+    with torch.no_grad():
+        naive = [_naive_lmeval(model, tok, *YAML[task](r)[:2]) for r in rows]
+    for f, n in zip(fast, naive):
+        assert f == pytest.approx(n, abs=2e-3)
+        assert max(range(len(f)), key=f.__getitem__) == max(range(len(n)), key=n.__getitem__)

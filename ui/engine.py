@@ -144,6 +144,10 @@ class Engine:
                 self._applied = None  # a failure below leaves the state unknown
                 self.model.set_configuration(config)
                 self._applied = config.hash
+                # Another configuration: the weights and prefix entries it evicted are free now. When
+                # evaluations interleave (a head that went stale, ui/turns.py), none ends for a long
+                # time, and without this trim their garbage piled up (soak bench: 3.5 GB steady).
+                budget.trim_heap()
             with nullcontext() if adapter else self.model.disable_adapter():
                 yield
 

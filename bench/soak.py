@@ -121,7 +121,8 @@ def main() -> None:
     from app_latency import machine
     from coalora.models import DEFAULT_MODEL, build_space_for
 
-    for line in machine():
+    where = machine()  # at the start (its load average is the start's)
+    for line in where:
         print(line, flush=True)
     space = build_space_for(DEFAULT_MODEL)
     workdir = Path(tempfile.mkdtemp(prefix="coalora-soak-"))
@@ -197,7 +198,7 @@ def main() -> None:
         print(f"error: {e}")
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
+        args.json.write_text(json.dumps({"machine": where, "load_at_end": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
                                          "start": start, "end": end, "steady": steady, "samples": samples,
                                          "results": results}, indent=1))
         print(f"samples and results: {args.json}")

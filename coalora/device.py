@@ -1,5 +1,5 @@
 """Where the model computes: `--device {auto,cpu,cuda}` of eval, train, search and the app
-(COALORA_DEVICE), issue 13 item 6; docs/design.md, "Devices".
+(COALORA_DEVICE), issue 13 item 6; docs/app.md, "Devices".
 
 auto (the default) is CUDA when torch sees a GPU, else the CPU: on a machine without a GPU
 (every machine this project has been measured on) nothing changes. The same code runs on

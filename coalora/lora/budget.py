@@ -27,11 +27,11 @@ A CoaLoraModel reads `budget.current()` when it is built (arguments given to it 
 Defaults and the arithmetic for the app on SmolLM2-135M (steady state; MB = 10^6 bytes):
 embeddings (tied head) 113.2 + the switcher's fp32 originals 424.7 + switcher cache 448 MiB
 (469.8, holding the live configuration's 424.7) + merged bf16 212.3 + prefix cache 320 MiB
-(335.5) = 1,555 MB of tensors at most. NOT under 2 GB yet: `bench/prefix.py --rss` measured
-the app's engine (gradio imported) at 406 MB after imports, 1,453 MB once loaded (before
-any configuration) and 2.75-2.8 GB resident after evaluations (docs/benchmarks.md, "Prefix
-reuse (issue 13)"); the ~1.2 GB beyond the tensors above is not yet accounted for. The
-trainer sets its own switcher budget (`cache_gb`, 4 GiB).
+(335.5) + adapter 20 = 1,575 MB of tensors at most; the process around them (python, torch,
+gradio, the GP: heap, libraries, stacks) measured ~0.9 GB more, so the app's steady RSS is
+~2.45 GB: NOT under the 2 GB target (docs/app.md, "Memory", which also says what 2 GB would
+take). The allocator settings below keep glibc from holding freed memory on top of that.
+The trainer sets its own switcher budget (`cache_gb`, 4 GiB).
 """
 
 from __future__ import annotations

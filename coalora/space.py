@@ -31,6 +31,11 @@ from coalora.quant.targets.proxy import theta_proxy
 
 CONFIG_FORMAT = "coalora.configuration/v1"
 DEFAULT_TARGET = "coalora"  # coalora's own NF-k / INT-k space: plain Configuration
+
+
+def names_target(data: object) -> bool:
+    """Whether a configuration JSON object names a deployment target (not the NF-k space)."""
+    return isinstance(data, dict) and data.get("target", DEFAULT_TARGET) != DEFAULT_TARGET
 TARGET_NAMES: tuple[str, ...] = (DEFAULT_TARGET, *TARGETS)
 MODULE_TYPES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION_TYPES = MODULE_TYPES[:4]

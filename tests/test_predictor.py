@@ -61,3 +61,22 @@ def test_a_pool_of_other_rows_or_another_checkpoint_is_refused(tiny_space, tmp_p
 def test_records_of_other_rows_or_checkpoints_are_refused(tiny_space, tmp_path, kw, words):
     p = Predictor(tiny_space, "sst2", None, records_file(tiny_space, tmp_path, **kw), split_hash=ROWS, checkpoint=CKPT)
     assert p.surrogate() is None and words in p.notices[-1]
+
+
+@pytest.mark.slow  # fits a GP
+def test_target_configurations_stay_out_of_the_gp(tiny_space, tmp_path):
+    """A bnb/gguf configuration enters θ only as an approximate NF-k proxy: the GP (which
+    models the NF-k space) neither learns from nor predicts it."""
+    from coalora.search.loop import pool_from_records
+
+    path = records_file(tiny_space, tmp_path)
+    target = tiny_space.load("bnb:nf4")
+    row = {"task": "sst2", "metric": "accuracy", "value": 0.9, "config": target.to_dict(),
+           "split_hash": ROWS, "checkpoint": CKPT}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    pool = pool_from_records(path, tiny_space, "sst2")
+    assert len(pool) == 4 and target not in pool
+    p = Predictor(tiny_space, "sst2", None, path, split_hash=ROWS, checkpoint=CKPT)
+    assert p.predict(tiny_space.preset("nf4")) is not None and len(p.observed) == 4
+    assert p.predict(target) is None and p.prob_on_front([target]) is None

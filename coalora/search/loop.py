@@ -24,7 +24,7 @@ from coalora.metrics import to_error
 from coalora.search.acquisition import propose
 from coalora.search.gp import Surrogate, fit_surrogate
 from coalora.search.pareto import BITS_MAX, BITS_MIN, DEFAULT_SEGMENTS, segmented_pareto
-from coalora.space import ConfigSpace, Configuration
+from coalora.space import ConfigSpace, Configuration, names_target
 
 POOL_FORMAT = "coalora.search_pool/v1"
 Objective = Callable[[list[Configuration]], Sequence[float]]
@@ -207,6 +207,9 @@ def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = N
             rows.append(row)
     # Records of the unquantized model ("none": no configuration) cannot join a pool.
     rows = [r for r in rows if r.get("config") is not None or r.get("config_path") is not None]
+    # Deployment-target configurations (bnb, gguf) are skipped: the GP models the NF-k space,
+    # and a target format would enter it only as its approximate θ proxy setting.
+    rows = [r for r in rows if not names_target(r.get("config"))]
     kinds = sorted({(str(r.get("task")), str(r.get("metric"))) for r in rows})
     if task is not None:
         rows = [r for r in rows if r.get("task") == task]

@@ -20,7 +20,7 @@ from typing import Any
 
 from coalora.errors import CoaloraError
 from coalora.metrics import from_error, to_error
-from coalora.space import ConfigSpace, Configuration
+from coalora.space import ConfigSpace, Configuration, TargetConfiguration, names_target
 
 
 class Predictor:
@@ -83,7 +83,7 @@ class Predictor:
         if self.observations is not None:
             for r in iter_records(self.observations):
                 if (r.task == self.task and r.split_hash == self.split_hash and r.checkpoint == self.checkpoint
-                        and r.config and (r.extra or {}).get("done")):
+                        and r.config and (r.extra or {}).get("done") and not names_target(r.config)):
                     try:
                         c = self.space.from_dict(r.config)
                     except CoaloraError:
@@ -142,8 +142,9 @@ class Predictor:
         from coalora.results import append_record
 
         if (self.observations is None or record.split_hash != self.split_hash or record.checkpoint != self.checkpoint
-                or not (record.extra or {}).get("done") or record.config is None):
-            return False
+                or not (record.extra or {}).get("done") or record.config is None
+                or names_target(record.config)):
+            return False  # other rows, checkpoint, a partial estimate, or a target format the GP does not model
         append_record(self.observations, record)
         self._dirty.set()
         if background:
@@ -192,7 +193,7 @@ class Predictor:
         std is predictive: how the app's quick-eval measurement of `config` scatters (latent
         std plus the GP's learned noise; docs/design.md, "Search")."""
         gp = self.surrogate()
-        if gp is None:
+        if gp is None or isinstance(config, TargetConfiguration):  # the GP models the NF-k space only
             return None
         mean, std = gp.predict([config], observation_noise=True)
         return from_error(self.metric, float(mean[0])), float(std[0])
@@ -204,7 +205,7 @@ class Predictor:
         from coalora.search.front import prob_on_front
 
         gp = self.surrogate()
-        if gp is None:
+        if gp is None or any(isinstance(c, TargetConfiguration) for c in configs):
             return None
         with self._lock:
             rivals = [p.config for p in self.front.points] if self.front is not None else []

@@ -1,6 +1,7 @@
 """GPU check (issue 13, item 6): `make gpu-check`, one command for a machine with a CUDA GPU.
 
     .venv/bin/python bench/gpu_check.py [--skip-latency] [--json results/gpu_check.json]
+    .venv/bin/python bench/gpu_check.py --dry-run-on-cpu     # this script's parity code, CPU against CPU
 
 Without a CUDA GPU it prints why (a CPU-only torch build, or no GPU found) and that nothing
 was checked, and exits 0. With one:
@@ -60,7 +61,7 @@ def quick(model, tokenizer, split, dtype: str):
     return est.value, est.scores
 
 
-def parity(configs: dict) -> list[dict]:
+def parity(configs: dict, device: str = "cuda") -> list[dict]:
     import torch
 
     from coalora.device import place
@@ -72,7 +73,7 @@ def parity(configs: dict) -> list[dict]:
     split = quick_split("sst2")
     cpu = load_for_eval("default", "smollm2-135m")
     gpu = load_for_eval("default", "smollm2-135m")
-    place(gpu.model, torch.device("cuda"))
+    place(gpu.model, torch.device(device))
     rows = []
     for name, make in configs.items():
         c = make(cpu.model.space)
@@ -90,7 +91,8 @@ def parity(configs: dict) -> list[dict]:
             t_cpu = time.perf_counter() - t
             t = time.perf_counter()
             a_gpu, s_gpu = quick(gpu.model, gpu.tokenizer, split, dt)
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             t_gpu = time.perf_counter() - t
             r[dt] = {"cpu_acc": a_cpu, "cuda_acc": a_gpu, "rows_different": sum(x != y for x, y in zip(s_cpu, s_gpu)),
                      "cpu_s": round(t_cpu, 2), "cuda_s": round(t_gpu, 2)}
@@ -129,7 +131,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-latency", action="store_true", help="parity only")
     ap.add_argument("--json", type=Path, default=None, help="write the parity rows here")
+    ap.add_argument("--dry-run-on-cpu", action="store_true",
+                    help="run the parity code with the CPU on both sides (checks this script where there is no "
+                         "GPU; everything must then match exactly); nf4 only, no latency bench")
     args = ap.parse_args()
+    if args.dry_run_on_cpu:
+        rows = parity({"nf4": lambda s: s.preset("nf4")}, device="cpu")
+        exact = all(r["ok"] and r["fp32_max_abs_logprob"] == 0 and r["bf16"]["rows_different"] == 0 for r in rows)
+        print(f"dry run on the CPU: {'passed' if exact else 'FAILED'}")
+        sys.exit(0 if exact else 1)
 
     from coalora.device import cuda_status
 

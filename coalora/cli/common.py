@@ -27,7 +27,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     """--device {auto,cpu,cuda} (coalora.device): eval, train and search share it."""
     from coalora.device import DEVICE_HELP
 
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def config_help() -> str:

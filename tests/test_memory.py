@@ -53,7 +53,7 @@ def test_allocator_settings_come_from_the_budget(monkeypatch):
 
 
 @pytest.mark.slow  # the tiny engine's cost table and GP: ~80 s on 2 busy cores
-def test_engine_trims_after_every_evaluation_finished_or_superseded(tmp_path, monkeypatch):
+def test_engine_trims_when_it_switches_configuration_and_when_an_evaluation_ends(tmp_path, monkeypatch):
     from ui_fixtures import make_tiny_engine
 
     engine = make_tiny_engine(tmp_path, n_rows=24)
@@ -62,9 +62,11 @@ def test_engine_trims_after_every_evaluation_finished_or_superseded(tmp_path, mo
     monkeypatch.setattr(budget, "trim_heap", lambda *a: calls.append(1) or real(*a))
     c = engine.space.preset("nf4")
     engine.evaluate_final(c)
-    assert len(calls) == 1
+    assert len(calls) == 2  # when nf4 was applied, and when the evaluation ended
+    engine.evaluate_final(c)
+    assert len(calls) == 3  # nf4 was in already: only the end
     it = engine.evaluate(engine.space.preset("nf3"))
-    next(it)  # the first estimate, then the client moves on: the generator is closed
-    assert len(calls) == 1
-    it.close()
-    assert len(calls) == 2
+    next(it)  # the first estimate (nf3 applied: a trim), then the client moves on
+    assert len(calls) == 4
+    it.close()  # superseded: its end still trims
+    assert len(calls) == 5

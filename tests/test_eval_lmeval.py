@@ -175,9 +175,16 @@ def test_real_model_fast_path_equals_naive_lmeval_path(real_model, task):
 
     model, tok = real_model
     rows = load_split(task, "all").head(4).rows
-    fast = choice_loglikelihoods(model, tok, [make_prompt(task, r, "lm-eval") for r in rows])
-    with torch.no_grad():
-        naive = [_naive_lmeval(model, tok, *YAML[task](r)[:2]) for r in rows]
+    # One thread: on the shared 2-core machine two OpenMP threads spinning against other
+    # jobs made this test 20x slower (11 s vs 0.5 s for the fast path, measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fast = choice_loglikelihoods(model, tok, [make_prompt(task, r, "lm-eval") for r in rows])
+        with torch.no_grad():
+            naive = [_naive_lmeval(model, tok, *YAML[task](r)[:2]) for r in rows]
+    finally:
+        torch.set_num_threads(threads)
     for f, n in zip(fast, naive):
         assert f == pytest.approx(n, abs=2e-3)
         assert max(range(len(f)), key=f.__getitem__) == max(range(len(n)), key=n.__getitem__)

@@ -84,6 +84,14 @@ def default_paths(checkpoint: str, folder: Path) -> tuple[Path, Path]:
     return folder / "pool.json", folder / "front.json"
 
 
+def _portable(path: Path) -> str:
+    """How a saved file names another: relative to the repository when inside it (a shipped
+    front must not carry this machine's absolute paths), else the file name."""
+    root = _ASSETS.parents[1]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else resolved.name
+
+
 def check_pool_file(path: Path, expected: dict[str, Any]) -> None:
     """Refuse to continue a pool whose f1 values were measured differently (ModelMismatchError)."""
     try:
@@ -199,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "metric": _metric_of(args.objective, task),  # the app plots 1 - f1 on its accuracy axis
         "rows": len(split), "gp_design": result.surrogate.design, "gp_noise": result.surrogate.noise,
         "gp_noise_std": result.surrogate.noise_std,
-        "pool": str(pool_path), "observed": observed,
+        "pool": _portable(pool_path), "observed": observed,
         "selected": [c.hash for c in result.selected]})
     front.save(front_path)
 

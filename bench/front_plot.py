@@ -47,8 +47,12 @@ def main() -> int:
     pts = sorted(front["points"], key=lambda p: p["budget"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [p["budget"] for p in pts]
+    if all("std_pred" in p for p in pts):  # where one quick-eval measurement should land
+        ax.fill_between(x, [1 - p["mean"] - 2 * p["std_pred"] for p in pts],
+                        [1 - p["mean"] + 2 * p["std_pred"] for p in pts], step="post",
+                        color="tab:blue", alpha=0.07, label="a measurement would land here (± 2σ predictive)")
     ax.fill_between(x, [1 - p["upper"] for p in pts], [1 - p["lower"] for p in pts], step="post",
-                    color="tab:blue", alpha=0.2, label="GP band (mean ± 2σ)")
+                    color="tab:blue", alpha=0.2, label="GP band (expected value, ± 2σ latent)")
     ax.step(x, [1 - p["mean"] for p in pts], where="post", color="tab:blue",
             label="GP-predicted best accuracy within the budget")
     obs = front.get("observed", [])

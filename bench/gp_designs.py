@@ -85,6 +85,31 @@ def evaluate(design: str, noise: str, train_c, train_acc, test_c, test_acc, spac
             "std_pred": sp.tolist()}
 
 
+def noise_ceiling(acc: list[float], rows: int, idx: list[int], draws: int = 2000) -> tuple[float, float, float]:
+    """Spearman that a perfect predictor of each configuration's expected accuracy would
+    reach against ONE quick-eval measurement: measured values taken as the truth, binomial
+    row noise sqrt(p(1-p)/rows) added again, -> (median, 5%, 95%) over `draws` draws.
+    An estimate: configurations measured on the same rows share part of their noise."""
+    from scipy.stats import spearmanr
+
+    m = torch.tensor([acc[i] for i in idx], dtype=torch.float64)
+    sd = (m * (1 - m) / rows).sqrt()
+    g = torch.Generator().manual_seed(0)
+    rs = torch.tensor([spearmanr(m.tolist(), (m + sd * torch.randn(m.shape, generator=g, dtype=m.dtype)).tolist())[0]
+                       for _ in range(draws)])
+    return float(rs.median()), float(rs.quantile(0.05)), float(rs.quantile(0.95))
+
+
+def weighted_costs(costs, path: Path, key: str):
+    """The cost table with each matrix's row scaled by its sensitivity `key` from `path`
+    (bench/sensitivity.py JSON): a sensitivity-weighted total error."""
+    import dataclasses
+
+    sens = json.loads(path.read_text())["sensitivity"][key]
+    w = torch.tensor([sens[m.name] for m in costs.space.matrices], dtype=torch.float64)
+    return dataclasses.replace(costs, errors=costs.errors * w[:, None], weighting=key)
+
+
 def timing(args) -> int:
     from coalora.models import build_space_for
     from coalora.search.costs import load_costs
@@ -132,6 +157,9 @@ def main() -> int:
     ap.add_argument("--designs", default=None, help="comma list of design:noise (default: all ten)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the table and per-point predictions")
     ap.add_argument("--timing", type=int, default=0, help="time refit + front at N observations, then exit")
+    ap.add_argument("--sensitivity", type=Path, default=None,
+                    help="bench/sensitivity.py JSON: adds rows whose cost table is weighted by each per-matrix "
+                         "sensitivity in it (design names like qerr@sst2-fisher)")
     args = ap.parse_args()
     if args.timing:
         return timing(args)
@@ -151,21 +179,34 @@ def main() -> int:
     if overlap:
         raise SystemExit(f"{len(overlap)} held-out configurations are in the pool")
     cands = CANDIDATES if not args.designs else tuple(tuple(d.split(":")) for d in args.designs.split(","))
+    if args.sensitivity:
+        keys = json.loads(args.sensitivity.read_text())["sensitivity"]
+        cands += tuple((f"{d}@{k}", "learned") for k in keys for d in ("qerr", "qerr-block"))
     floor = [math.sqrt(a * (1 - a) / rows) for a in held_a]
+    edits = [i for i, c in enumerate(held_cat) if c == "edit"]
+    ceiling = {"all": noise_ceiling(held_a, rows, list(range(len(held_a)))),
+               "edits": noise_ceiling(held_a, rows, edits) if len(edits) > 2 else None}
     print(f"pool {len(pool_c)} configurations, held-out {len(held_c)} ({rows} quick-eval rows, split {split_hash}); "
           f"measured held-out accuracy {min(held_a):.3f} ... {max(held_a):.3f}; binomial noise sqrt(p(1-p)/n) "
-          f"median {sorted(floor)[len(floor) // 2]:.4f}\n")
+          f"median {sorted(floor)[len(floor) // 2]:.4f}")
+    for name, c in ceiling.items():
+        if c:
+            print(f"noise ceiling of Spearman ({name}): {c[0]:.3f} (5-95%: {c[1]:.3f}-{c[2]:.3f}): a perfect predictor "
+                  "of expected accuracy, scored against one measurement on these rows")
+    print()
     results = []
     print("| design | noise | Spearman | Spearman (edits) | RMSE | inside 90% (σ_pred) | inside 90% (latent σ) "
           "| median latent σ | median σ_pred | noise std | fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    edits = [i for i, c in enumerate(held_cat) if c == "edit"]
-    for design, noise in cands:
+    for name, noise in cands:
+        design, _, key = name.partition("@")
+        table = weighted_costs(costs, args.sensitivity, key) if key else costs
         try:
-            r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, costs, rows)
+            r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, table, rows)
+            r["design"] = name
         except Exception as e:  # e.g. botorch ModelFittingError: report it as a row, keep going
-            print(f"| {design} | {noise} | fit failed: {type(e).__name__} |", flush=True)
-            results.append({"design": design, "noise": noise, "error": f"{type(e).__name__}: {e}"})
+            print(f"| {name} | {noise} | fit failed: {type(e).__name__} |", flush=True)
+            results.append({"design": name, "noise": noise, "error": f"{type(e).__name__}: {e}"})
             continue
         r["spearman_edits"] = (float(spearmanr([r["pred"][i] for i in edits], [held_a[i] for i in edits])[0])
                                if len(edits) > 2 else float("nan"))
@@ -179,7 +220,7 @@ def main() -> int:
                 te = sorted(test)
                 try:
                     rr = evaluate(design, noise, [pool_c[i] for i in tr], [pool_a[i] for i in tr],
-                                  [pool_c[i] for i in te], [pool_a[i] for i in te], space, costs, rows)
+                                  [pool_c[i] for i in te], [pool_a[i] for i in te], space, table, rows)
                 except Exception:  # a failed fold: the CV row covers the folds that fitted
                     continue
                 preds += rr["pred"]
@@ -190,7 +231,7 @@ def main() -> int:
             r["cv_spearman"] = float(spearmanr(preds, ys)[0])
             r["cv_inside90_pred"] = sum(abs(y - p) <= Z90 * s for y, p, s in zip(ys, preds, sds)) / len(ys)
         results.append(r)
-        print(f"| {design} | {noise} | {r['spearman']:.3f} | {r['spearman_edits']:.3f} | {r['rmse']:.4f} "
+        print(f"| {name} | {noise} | {r['spearman']:.3f} | {r['spearman_edits']:.3f} | {r['rmse']:.4f} "
               f"| {r['inside90_pred']:.2f} | {r['inside90_latent']:.2f} | {r['median_std_latent']:.4f} "
               f"| {r['median_std_pred']:.4f} | {r['noise_std']:.4f} | {r['fit_s']:.1f} |"
               + (f" cv ρ {r['cv_spearman']:.3f}, cv inside90 {r['cv_inside90_pred']:.2f}" if args.cv > 1 else ""),
@@ -201,7 +242,7 @@ def main() -> int:
 
         atomic_write_text(args.out, json.dumps({
             "pool": str(args.pool), "heldout": str(args.heldout), "n_pool": len(pool_c), "n_heldout": len(held_c),
-            "rows": rows, "split_hash": split_hash, "code_version": code_version(),
+            "rows": rows, "split_hash": split_hash, "code_version": code_version(), "noise_ceiling_spearman": ceiling,
             "heldout_points": [{"config_hash": c.hash, "category": k, "avg_bits": c.avg_bits, "measured": a}
                                for c, k, a in zip(held_c, held_cat, held_a)],
             "results": results}, indent=1) + "\n")

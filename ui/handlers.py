@@ -218,7 +218,7 @@ def figure(engine: Engine, state: SessionState) -> Any:
     metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
     return result_figure(state.points, state.current, _front_line(engine),
                          [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task,
-                         rows=f"{len(engine.split)} {engine.split.part} rows (quick eval)",
+                         rows=f"{len(engine.split)} {engine.split.part} rows",
                          seen=engine.predictor.observed if engine.predictor is not None else ())
 
 

@@ -134,7 +134,7 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
-        yaxis={"title": {"text": f"{task} {metric} on {rows} (± 1 stderr)"}},
+        yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)"}},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )

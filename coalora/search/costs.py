@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -208,7 +208,7 @@ def load_costs(space: ConfigSpace, weighting: str = "mse", family: str = "nf",
     """
     from safetensors.torch import load_file
 
-    _check_weighting(weighting)
+    check_weighting(weighting)
     stem = cache_stem(space, weighting, family)
     for folder in folders if folders is not None else (ASSETS_DIR, cost_cache_dir()):
         meta_path, blob_path = Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.safetensors"
@@ -239,9 +239,21 @@ def get_costs(
     With `model`, a cached table made from other weights (digest mismatch) is recomputed.
     Without `model`, the model is loaded by name only when no cache exists.
     """
-    _check_weighting(weighting)
+    check_weighting(weighting)
+    return cached_or_computed(space, model, weighting, lambda: load_costs(space, weighting, family),
+                              lambda m, fisher: compute_costs(m, space, family, fisher=fisher, progress=progress),
+                              progress, save)
+
+
+def cached_or_computed(space: ConfigSpace, model: torch.nn.Module | None, weighting: str,
+                       load: Callable[[], Any], compute: Callable[[torch.nn.Module, Any], Any],
+                       progress: bool = False, save: bool = True) -> Any:
+    """A cost table (anything with `weights_digest` and `save(folder)`): the cached one
+    `load()` finds when it was made from these weights (or no `model` is given to compare),
+    else `compute(model, fisher)` on `model` (loaded by name when None; fisher weights for
+    weighting "fisher", else None), saved to the disk cache when `save`."""
     digest = weights_digest(model, space) if model is not None else None
-    table = load_costs(space, weighting, family)
+    table = load()
     if table is not None and (digest is None or table.weights_digest == digest):
         return table
     if model is None:
@@ -249,13 +261,13 @@ def get_costs(
 
         model, _ = load_model(space.model_name, quiet=not progress)
     fisher = fisher_from_lambada(model, space) if weighting == "fisher" else None
-    table = compute_costs(model, space, family, fisher=fisher, progress=progress)
+    table = compute(model, fisher)
     if save:
         table.save(cost_cache_dir())
     return table
 
 
-def _check_weighting(weighting: str) -> None:
+def check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"cost weighting {weighting!r} is unknown; allowed values are {', '.join(WEIGHTINGS)}")
 

@@ -200,23 +200,12 @@ def get_target_costs(space: ConfigSpace, target: str, model: torch.nn.Module | N
                      progress: bool = False, save: bool = True) -> TargetCostTable:
     """The target cost table of `space`: cached if possible, else computed (and saved to the
     disk cache). With `model`, a cached table made from other weights is recomputed."""
-    from coalora.search.costs import WEIGHTINGS, fisher_from_lambada
+    from coalora.search.costs import cached_or_computed, check_weighting
 
-    if weighting not in WEIGHTINGS:
-        raise ConfigError(f"cost weighting {weighting!r} is unknown; allowed values are {', '.join(WEIGHTINGS)}")
-    digest = weights_digest(model, space) if model is not None else None
-    table = load_target_costs(space, target, weighting)
-    if table is not None and (digest is None or table.weights_digest == digest):
-        return table
-    if model is None:
-        from coalora.models import load_model
-
-        model, _ = load_model(space.model_name, quiet=not progress)
-    fisher = fisher_from_lambada(model, space) if weighting == "fisher" else None
-    table = compute_target_costs(model, space, target, fisher=fisher, progress=progress)
-    if save:
-        table.save(cost_cache_dir())
-    return table
+    check_weighting(weighting)
+    return cached_or_computed(space, model, weighting, lambda: load_target_costs(space, target, weighting),
+                              lambda m, fisher: compute_target_costs(m, space, target, fisher=fisher, progress=progress),
+                              progress, save)
 
 
 # ---- allocation ------------------------------------------------------------------------------

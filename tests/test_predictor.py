@@ -43,6 +43,12 @@ def test_a_matching_pool_is_used_and_gives_probabilities(tiny_space, tmp_path):
     assert 0.0 < mean < 1.0 and std > 0
     probs = p.prob_on_front([tiny_space.preset("min"), tiny_space.preset("nf4")])
     assert probs[0] == 1.0 and 0.0 <= probs[1] <= 1.0  # nothing is cheaper than "min"
+    # the best measured configuration within a size: lowest f1 among those that fit, as accuracy
+    fit = [c for c in configs if c.avg_bits <= 4.2]
+    best, value, n = p.best_measured(lambda c: c.avg_bits <= 4.2)
+    assert n == len(fit) and best == min(fit, key=lambda c: synthetic([c])[0])
+    assert value == pytest.approx(1 - synthetic([best])[0])
+    assert p.best_measured(lambda c: False) is None
 
 
 @pytest.mark.parametrize("meta, words", [

@@ -404,6 +404,7 @@ def test_best_on_the_front_under_a_size(engine):
     st = SessionState()
     out = h.apply_front_pick(engine, st, 3.5, "bits per weight")  # the tiny front: nf2, nf3, nf4
     assert engine.space.decode(st.config) == engine.preset("nf3") and "front point" in out[-1]
+    assert "Best measured" not in out[-1]  # this engine has no measured pool (tests/test_predictor.py has)
     mb = engine.preset("nf4").packed_bytes / 1e6
     h.apply_front_pick(engine, st, mb + 1e-6, "MB")
     assert engine.space.decode(st.config) == engine.preset("nf4")

@@ -170,16 +170,22 @@ def apply_front_pick(engine: Engine, state: SessionState, limit: float, unit: st
         x = float(limit)
     except (TypeError, ValueError):
         raise gr.Error(f"limit {limit!r} is not a number") from None
-    size = (lambda p: p.avg_bits) if unit == PICK_UNITS[0] else (lambda p: p.config.packed_bytes / MB)  # noqa: E731
-    fits = [p for p in front.points if size(p) <= x]
+    size = (lambda c: c.avg_bits) if unit == PICK_UNITS[0] else (lambda c: c.packed_bytes / MB)  # noqa: E731
+    fits = [p for p in front.points if size(p.config) <= x]
     if not fits:
-        cheapest = min(size(p) for p in front.points)
+        cheapest = min(size(p.config) for p in front.points)
         raise gr.Error(f"no point of the front fits within {x:g} {unit}; its cheapest needs {cheapest:.3f}")
     best = min(fits, key=lambda p: p.mean)  # the front's mean is the f1 (error) to minimise
     line = front_line(front)
     i = line.avg_bits.index(best.avg_bits)
+    lo, hi = sorted((line.lower[i], line.upper[i]))  # in accuracy the f1 band's edges swap
     note = (f"front point at {best.avg_bits:.3f} bits, {best.config.packed_bytes / MB:.2f} MB: predicted "
-            f"{line.y[i]:.3f} (band {line.lower[i]:.3f} .. {line.upper[i]:.3f}); measuring it now")
+            f"{line.y[i]:.3f} (band {lo:.3f} .. {hi:.3f}); measuring it now")
+    measured = engine.predictor.best_measured(lambda c: size(c) <= x)
+    if measured is not None:  # the best single measurement: the max of many, so it reads high
+        c, value, n = measured
+        note += (f". Best measured within {x:g} {unit}: {value:.3f} at {c.avg_bits:.3f} bits (configuration "
+                 f"`{c.hash}`, the best of {n} measured; a maximum of noisy measurements reads optimistic)")
     return [*config_outputs(engine, state, best.config), note]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from coalora.errors import CoaloraError
 from coalora.metrics import from_error, to_error
@@ -41,6 +41,7 @@ class Predictor:
         self.refits = 0  # successful refits after the first fit
         self._gp: Any = None
         self._configs: list[Configuration] = []  # what the current GP was fitted on
+        self._values: list[float] = []  # their measured f1
         self._tried = False
         self._lock = threading.Lock()  # guards the fitted state
         self._refit_lock = threading.Lock()  # one refit at a time
@@ -134,6 +135,7 @@ class Predictor:
             front = type(new)(new.points, new.space, new.objective, {**new.meta, **meta})
         with self._lock:
             self._gp, self.front, self.observed, self._configs = gp, front, {c.hash for c in configs}, configs
+            self._values = list(values)
 
     # ---- learning -----------------------------------------------------------------------------
     def observe(self, record: Any, background: bool = True) -> bool:
@@ -211,3 +213,14 @@ class Predictor:
             rivals = [p.config for p in self.front.points] if self.front is not None else []
             rivals += self._configs
         return prob_on_front(gp, configs, rivals).tolist()
+
+    def best_measured(self, fits: Callable[[Configuration], bool]) -> tuple[Configuration, float, int] | None:
+        """Among the measured configurations the GP knows (pool and observations) that `fits`:
+        (the best one, its measured value in the metric, how many fit), or None."""
+        self.surrogate()
+        with self._lock:
+            pairs = [(c, v) for c, v in zip(self._configs, self._values) if fits(c)]
+        if not pairs:
+            return None
+        config, f1 = min(pairs, key=lambda cv: cv[1])
+        return config, from_error(self.metric, f1), len(pairs)

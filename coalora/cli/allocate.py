@@ -80,16 +80,17 @@ def _run_target(args: argparse.Namespace, t0: float) -> int:
     out = {"model": args.model, "weighting": args.weighting, "costs": table.meta.get("source", "computed"),
            **got.to_dict(), "packed_bytes": config.storage_bytes, "config_hash": config.hash,
            "seconds": round(time.perf_counter() - t0, 3)}
+    return _finish(args, config, out, f"{args.method} ({args.target}): avg bits {config.avg_bits:.4f} (budget "
+                   f"{args.budget:g}), {config.storage_bytes:,} stored bytes, formats "
+                   + ", ".join(f"{f} x{n}" for f, n in out["formats"].items()) + f", config {config.hash}")
+
+
+def _finish(args: argparse.Namespace, config, out: dict, line: str) -> int:
+    """Save the configuration to --out (if given), then print `out` (--json) or `line`."""
     if args.out:
         config.save(args.out)
         out["out"] = args.out
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"{args.method} ({args.target}): avg bits {config.avg_bits:.4f} (budget {args.budget:g}), "
-              f"{config.storage_bytes:,} stored bytes, formats "
-              + ", ".join(f"{f} x{n}" for f, n in out["formats"].items())
-              + f", config {config.hash}" + (f" -> {args.out}" if args.out else ""))
+    print(json.dumps(out) if args.json else line + (f" -> {args.out}" if args.out else ""))
     return 0
 
 
@@ -133,13 +134,5 @@ def run(args: argparse.Namespace) -> int:
     config = got.config
     out.update({k: v for k, v in got.details.items() if k != "budget"})
     out.update(packed_bytes=config.packed_bytes, config_hash=config.hash, seconds=round(time.perf_counter() - t0, 3))
-    if args.out:
-        config.save(args.out)
-        out["out"] = args.out
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"{args.method}: avg bits {config.avg_bits:.4f} (budget {args.budget:g}), "
-              f"{config.packed_bytes:,} packed bytes, config {config.hash}"
-              + (f" -> {args.out}" if args.out else ""))
-    return 0
+    return _finish(args, config, out, f"{args.method}: avg bits {config.avg_bits:.4f} (budget {args.budget:g}), "
+                   f"{config.packed_bytes:,} packed bytes, config {config.hash}")

@@ -21,6 +21,8 @@ sees; which features is the surrogate's `design` (DESIGNS; compared in bench/gp_
             however many blocks).
   "qerr-sens" "qerr-additive" with a prior mean linear in ALL features: one learned weight
             per block and module type, a sensitivity-weighted log error.
+  "qerr-mix" "qerr" plus the share of parameters at each weight bit width (2, 3, 4, 8): the
+            mixture, which total error and average bits do not tell apart.
 Features are scaled to [0, 1] with fixed bounds of the space (never of the data).
 Model: BoTorch SingleTaskGP (RBF kernel with one lengthscale per feature, i.e. ARD, under a
 dimension-scaled log-normal prior), outcomes standardised (Standardize), fitted by maximising
@@ -41,13 +43,14 @@ from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, all_settings
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
 
 FIELD_SIZES = torch.tensor([len(FIELD_VALUES[f]) for f in FIELD_NAMES], dtype=torch.float64)  # (5,)
-DESIGNS = ("index", "struct", "qerr", "qerr-block", "qerr-linear", "qerr-additive", "qerr-sens")
+DESIGNS = ("index", "struct", "qerr", "qerr-block", "qerr-linear", "qerr-additive", "qerr-sens", "qerr-mix")
 NOISES = ("learned", "binomial")
 DEFAULT_DESIGN = "qerr"  # best held-out and cross-validated Spearman, fastest fit: bench/gp_designs.py (docs/results.md)
 DEFAULT_NOISE = "learned"
 _RADIX = torch.tensor([int(FIELD_SIZES[i + 1:].prod()) for i in range(len(FIELD_NAMES))], dtype=torch.long)  # (5,)
 _BPP = torch.tensor([st.bits_per_param for st in all_settings()], dtype=torch.float64)  # (432,) by setting id
 _BPP_LO, _BPP_HI = float(_BPP.min()), float(_BPP.max())
+_WBITS = torch.tensor([st.bits for st in all_settings()], dtype=torch.long)  # (432,) weight bits by setting id
 
 
 def index_matrix(configs: Sequence[Configuration], space: ConfigSpace) -> torch.Tensor:
@@ -122,6 +125,9 @@ class ConfigFeatures(torch.nn.Module):
             if self.design in ("qerr-block", "qerr-linear", "qerr-additive", "qerr-sens"):
                 part = torch.log((err @ self.member.to(X)).clamp_min(1e-30))
                 feats.append((part - self.part_lo) / (self.part_hi - self.part_lo).clamp_min(1e-12))
+            if self.design == "qerr-mix":
+                wbits = _WBITS.to(sid.device)[sid]  # (..., M)
+                feats += [((wbits == b).to(X) @ self.w_all.to(X))[..., None] for b in FIELD_VALUES["bits"]]
         return torch.cat(feats, -1)
 
 

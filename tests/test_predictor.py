@@ -49,6 +49,14 @@ def test_a_matching_pool_is_used_and_gives_probabilities(tiny_space, tmp_path):
     assert n == len(fit) and best == min(fit, key=lambda c: synthetic([c])[0])
     assert value == pytest.approx(1 - synthetic([best])[0])
     assert p.best_measured(lambda c: False) is None
+    # the pool is read once per file version: a rewritten pool (here: of other rows) is checked again
+    import os
+
+    pool_file(tiny_space, tmp_path, split_hash="rows-b")
+    os.utime(path, ns=(1, 1))  # a new mtime even on a coarse-clock filesystem
+    p._dirty.set()
+    p.refit(wait=True)
+    assert "measured on rows 'rows-b'" in p.notices[-1] and p.surrogate() is not None  # the previous GP is kept
 
 
 @pytest.mark.parametrize("meta, words", [

@@ -42,6 +42,7 @@ class Predictor:
         self._gp: Any = None
         self._configs: list[Configuration] = []  # what the current GP was fitted on
         self._values: list[float] = []  # their measured f1
+        self._pool_cache: tuple[tuple[int, int] | None, dict[str, tuple[Configuration, float]]] | None = None
         self._tried = False
         self._lock = threading.Lock()  # guards the fitted state
         self._refit_lock = threading.Lock()  # one refit at a time
@@ -73,14 +74,11 @@ class Predictor:
         """The pool plus every usable observation (the newest per configuration)
         -> (configs, f1 values, number of observations used)."""
         from coalora.results import iter_records
-        from coalora.search.loop import pool_from_records
 
         by_hash: dict[str, tuple[Configuration, float]] = {}
         n_obs = 0
         if self.pool_path is not None:
-            self._check_pool()
-            pool = pool_from_records(self.pool_path, self.space, self.task)
-            by_hash.update({c.hash: (c, v) for c, v in zip(pool.configs, pool.values)})
+            by_hash.update(self._pool())
         if self.observations is not None:
             for r in iter_records(self.observations):
                 if (r.task == self.task and r.split_hash == self.split_hash and r.checkpoint == self.checkpoint
@@ -93,6 +91,23 @@ class Predictor:
                     n_obs += 1
         configs = [c for c, _ in by_hash.values()]
         return configs, [v for _, v in by_hash.values()], n_obs
+
+    def _pool(self) -> dict[str, tuple[Configuration, float]]:
+        """The pool's {hash: (configuration, f1)}, read and checked again only when its file
+        changed (mtime, size): parsing it took ~0.4 s, most of a refit, and it is the same
+        file at every refit."""
+        from coalora.search.loop import pool_from_records
+
+        try:
+            st = Path(self.pool_path).stat()
+            key = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None  # gone or unreadable: reading it says why, in one line
+        if key is None or self._pool_cache is None or self._pool_cache[0] != key:
+            self._check_pool()
+            pool = pool_from_records(self.pool_path, self.space, self.task)
+            self._pool_cache = (key, {c.hash: (c, v) for c, v in zip(pool.configs, pool.values)})
+        return self._pool_cache[1]
 
     def _check_pool(self) -> None:
         """Refuse (ModelMismatchError, one line) a pool measured on other rows than the quick

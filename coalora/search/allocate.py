@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -187,6 +188,20 @@ def _reduced_costs(errors: torch.Tensor, bpp: torch.Tensor, share: np.ndarray, b
     return (penal - best[:, None]).numpy(), float(best.sum()) - lam * budget
 
 
+def cheapest_price(over: Callable[[float], bool], iterations: int = 60, limit: float = 1e15) -> float:
+    """The smallest price lam >= 0 (to `iterations` halvings) at which `over(lam)` - "the
+    per-matrix choices at this price overspend" - is False, searched up to `limit`. `over`
+    must be monotone: a higher price never spends more. The Lagrangian allocators (here and
+    in target_alloc) share it."""
+    lo, hi = 0.0, 1.0
+    while over(hi) and hi < limit:
+        hi *= 10
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if over(mid) else (lo, mid)
+    return hi
+
+
 def _lagrangian(errors: torch.Tensor, bpp: torch.Tensor, share: np.ndarray | torch.Tensor, budget: float,
                 iterations: int = 60) -> tuple[torch.Tensor, float]:
     """-> (feasible per-matrix setting indices (M,), the bit price lam of the relaxation).
@@ -204,12 +219,7 @@ def _lagrangian(errors: torch.Tensor, bpp: torch.Tensor, share: np.ndarray | tor
     def bits(idx: torch.Tensor) -> float:
         return float((share * bpp[idx]).sum())
 
-    lo, hi = 0.0, 1.0
-    while bits(choose(hi)) > budget and hi < 1e15:
-        hi *= 10
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if bits(choose(mid)) > budget else (lo, mid)
+    hi = cheapest_price(lambda lam: bits(choose(lam)) > budget, iterations, 1e15)
     idx = choose(hi)
     if bits(idx) > budget:  # only when even the cheapest choice overspends (budget ~ min)
         idx = torch.full((n,), int(torch.argmin(bpp)))

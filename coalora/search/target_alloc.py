@@ -263,13 +263,9 @@ def _lagrangian(errors: np.ndarray, nbytes: np.ndarray, legal: np.ndarray, cap: 
     def used(idx: np.ndarray) -> int:
         return int(nbytes[rows, idx].sum())
 
-    lo, hi = 0.0, 1.0
-    while used(choose(hi)) > cap and hi < 1e30:
-        hi *= 10
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if used(choose(mid)) > cap else (lo, mid)
-    idx = choose(hi)
+    from coalora.search.allocate import cheapest_price
+
+    idx = choose(cheapest_price(lambda lam: used(choose(lam)) > cap, iterations, 1e30))
     if used(idx) > cap:  # only at a budget of about the minimum
         idx = cheapest.copy()
     return _fill(errors, nbytes, legal, cap, idx)

@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -209,21 +209,29 @@ def load_costs(space: ConfigSpace, weighting: str = "mse", family: str = "nf",
     from safetensors.torch import load_file
 
     check_weighting(weighting)
-    stem = cache_stem(space, weighting, family)
-    for folder in folders if folders is not None else (ASSETS_DIR, cost_cache_dir()):
-        meta_path, blob_path = Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.safetensors"
-        if not (meta_path.exists() and blob_path.exists()):
-            continue
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != COSTS_FORMAT:
-            raise ConfigError(f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {COSTS_FORMAT!r}")
-        space.check_fingerprint(meta.get("fingerprint", ""), f"cost table {str(meta_path)!r}", meta.get("model"))
+    for meta_path, blob_path, meta in cached_files(space, cache_stem(space, weighting, family), COSTS_FORMAT, folders):
         t = load_file(str(blob_path))
         settings = tuple(QuantSetting.from_indices(r) for r in t["setting_indices"].tolist())
         extra = {k: v for k, v in meta.items() if k in ("seconds", "calibration", "code_version", "torch_threads", "sample", "seed")}
         extra["source"] = str(meta_path)
         return CostTable(space, t["errors"], settings, weighting, family, meta.get("weights_digest", ""), extra)
     return None
+
+
+def cached_files(space: ConfigSpace, stem: str, fmt: str,
+                 folders: Iterable[Path] | None = None) -> Iterator[tuple[Path, Path, dict[str, Any]]]:
+    """(meta path, tensor path, meta) of each cached table `stem` in `folders` (default:
+    assets/costs, then the disk cache), in order; ConfigError for a file of another format,
+    ModelMismatchError for one made for another model."""
+    for folder in folders if folders is not None else (ASSETS_DIR, cost_cache_dir()):
+        meta_path, blob_path = Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.safetensors"
+        if not (meta_path.exists() and blob_path.exists()):
+            continue
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != fmt:
+            raise ConfigError(f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {fmt!r}")
+        space.check_fingerprint(meta.get("fingerprint", ""), f"cost table {str(meta_path)!r}", meta.get("model"))
+        yield meta_path, blob_path, meta
 
 
 def get_costs(

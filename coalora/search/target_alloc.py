@@ -32,7 +32,7 @@ import torch
 from coalora.errors import ConfigError
 from coalora.io import atomic_write_bytes, atomic_write_text
 from coalora.quant.targets import get_target
-from coalora.search.costs import ASSETS_DIR, cost_cache_dir, weights_digest
+from coalora.search.costs import cached_files, cost_cache_dir, weights_digest
 from coalora.space import ConfigSpace, TargetConfiguration
 
 TARGET_COSTS_FORMAT = "coalora.target-costs/v1"
@@ -179,14 +179,7 @@ def load_target_costs(space: ConfigSpace, target: str, weighting: str = "mse",
     from safetensors.torch import load_file
 
     stem = target_cache_stem(space, target, weighting)
-    for folder in folders if folders is not None else (ASSETS_DIR, cost_cache_dir()):
-        meta_path, blob_path = Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.safetensors"
-        if not (meta_path.exists() and blob_path.exists()):
-            continue
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != TARGET_COSTS_FORMAT:
-            raise ConfigError(f"{meta_path}: field 'format' is {meta.get('format')!r}; expected {TARGET_COSTS_FORMAT!r}")
-        space.check_fingerprint(meta.get("fingerprint", ""), f"cost table {str(meta_path)!r}", meta.get("model"))
+    for meta_path, blob_path, meta in cached_files(space, stem, TARGET_COSTS_FORMAT, folders):
         storage = StorageTable.build(space, target)
         if tuple(meta.get("formats", ())) != storage.formats:
             continue  # made for another version of the target's format list: recompute

@@ -201,8 +201,6 @@ class ConfigSpace:
     def _target_from_dict(self, data: Mapping[str, Any]) -> "TargetConfiguration":
         """The JSON object of a target configuration: {"format", "model", "fingerprint",
         "target": T, "default": FMT, "matrices": {name: FMT}} (formats, not field objects)."""
-        from coalora.quant.targets.assign import assign
-
         target = data["target"]
         if not isinstance(target, str) or target not in TARGET_NAMES:
             raise ConfigError(f"field 'target' has value {target!r}; allowed values are {', '.join(TARGET_NAMES)}")
@@ -214,9 +212,7 @@ class ConfigSpace:
         if data.get("format") != CONFIG_FORMAT:
             raise ConfigError(f"field 'format' has value {data.get('format')!r}; expected {CONFIG_FORMAT!r}")
         self.check_fingerprint(data.get("fingerprint"), "this configuration", data.get("model"))
-        spec = {k: data[k] for k in ("default", "matrices") if k in data}
-        got = assign(get_target(target), [(m.name, m.shape) for m in self.matrices], spec)
-        return TargetConfiguration(self, target, got.formats)
+        return self.target_configuration(target, {k: data[k] for k in ("default", "matrices") if k in data})
 
     def target_configuration(self, target: str, spec: str | Mapping[str, Any]) -> "TargetConfiguration":
         """A configuration of deployment target `target` (bnb, gguf) from one format for every

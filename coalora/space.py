@@ -10,6 +10,7 @@ proxies and its bytes are the target's storage (docs/targets.md, "Target configu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -111,7 +112,7 @@ class ConfigSpace:
     def n_params(self) -> int:
         return sum(m.numel for m in self.matrices)
 
-    @property
+    @functools.cached_property  # checked on every encode: computed once per space, not each time
     def fingerprint(self) -> str:
         """Hash of the target matrix names and shapes (what a configuration must agree with)."""
         text = "\n".join(f"{m.name}:{'x'.join(map(str, m.shape))}" for m in self.matrices)

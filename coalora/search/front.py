@@ -166,9 +166,14 @@ def prob_on_front(surrogate: Surrogate, configs: Sequence[Configuration], compet
     if not configs:
         return torch.zeros(0, dtype=torch.float64)
     everything = list(dict.fromkeys([*configs, *competitors]))  # order-preserving de-duplication
-    where = {c: i for i, c in enumerate(everything)}
     idx = index_matrix(everything, surrogate.space)  # (k, D)
     bits = ExactBits(surrogate.space)(idx)  # (k,)
+    # A rival costlier than every one of `configs` dominates none of them: leave it out of the
+    # joint posterior (its Cholesky factor is most of the cost; the others' marginals are unchanged).
+    top = float(bits[: len(dict.fromkeys(configs))].max())  # `configs` lead `everything`
+    keep = torch.nonzero(bits <= top).reshape(-1).tolist()  # includes every one of `configs`
+    everything, idx, bits = [everything[i] for i in keep], idx[keep], bits[keep]
+    where = {c: i for i, c in enumerate(everything)}
     with torch.no_grad():
         post = surrogate.model.posterior(surrogate.features(idx))
         gen = torch.Generator().manual_seed(seed)

@@ -92,8 +92,8 @@ def test_illegal_format_is_one_line_naming_tensor_shape_and_legal_values(smol_sp
     with pytest.raises(ConfigError, match=r"^model.layers.0.self_attn.q_proj \[576, 576\]: 'nf5' is not a bnb format; "
                                           r"legal for this tensor: nf4, fp4, nf4-dq, fp4-dq, int8, fp16, bf16$"):
         smol_space.load("bnb:nf5")
-    with pytest.raises(ConfigError, match="field 'target' has value 'torchao'; allowed values are coalora, bnb, gguf"):
-        smol_space.from_dict({**d, "target": "torchao"})
+    with pytest.raises(ConfigError, match="field 'target' has value 'mlx'; allowed values are coalora, bnb, gguf, torchao"):
+        smol_space.from_dict({**d, "target": "mlx"})
     with pytest.raises(ConfigError, match="unknown key\\(s\\) 'family' in a gguf configuration"):
         smol_space.from_dict({**smol_space.load("gguf:Q4_0").to_dict(), "family": "int"})
 

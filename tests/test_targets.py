@@ -163,9 +163,9 @@ def test_illegal_settings_refused():
         b.simulate(torch.zeros(64), "nf4")
     with pytest.raises(ConfigError, match="NaN"):
         g.simulate(torch.full((1, 32), float("nan")), "Q8_0")
-    with pytest.raises(ConfigError, match="known targets are bnb, gguf"):
-        get_target("torchao")
-    assert set(TARGETS) == {"bnb", "gguf"}
+    with pytest.raises(ConfigError, match="known targets are bnb, gguf, torchao"):
+        get_target("mlx")
+    assert set(TARGETS) == {"bnb", "gguf", "torchao"}  # torchao: tests/test_targets_torchao.py
 
 
 # bits per weight (scales included) for SmolLM2's shapes, docs/targets.md's table.

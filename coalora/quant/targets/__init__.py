@@ -10,8 +10,9 @@ from coalora.errors import ConfigError
 from coalora.quant.targets.base import Target, TargetFormat
 from coalora.quant.targets.bnb import BNB
 from coalora.quant.targets.gguf import GGUF
+from coalora.quant.targets.torchao import TORCHAO
 
-TARGETS: dict[str, Target] = {BNB.name: BNB, GGUF.name: GGUF}
+TARGETS: dict[str, Target] = {BNB.name: BNB, GGUF.name: GGUF, TORCHAO.name: TORCHAO}
 
 
 def get_target(name: str) -> Target:

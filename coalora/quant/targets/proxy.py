@@ -16,6 +16,11 @@ field by field:
 - scale_block_size: 256 for bnb -dq (its nested blocks are 256 absmax values), else 16,
   the finest second-level group (the scales are not grouped at all).
 
+torchao (int1..int8 per group or row, bf16 scales, an int8 zero point): bits rounded as
+above (1 -> 2, 5 -> 4, 6 and 7 -> 8: ties go to the more precise setting), scale_format
+bf16, block_size the group (32, 64) or 64 for 128, 256 and per-row groups, scale_block 16;
+the asymmetric formats take the same setting (NF-k has no zero point).
+
 This is an approximation: θ's adjustment for, say, GGUF Q5_1 is the one it learned for
 NF4 with 8-bit scales in fp16 per 32 weights. It is a stand-in, not a trained input.
 """
@@ -51,6 +56,23 @@ THETA_PROXY: dict[str, dict[str, QuantSetting]] = {
         "TQ1_0": QuantSetting(2, 8, "fp16", 64, 16),
     },
 }
+
+
+def _torchao_proxies() -> dict[str, QuantSetting]:
+    from coalora.quant.targets.torchao import FORMATS, UNQUANTISED, parse
+
+    bits_of = {1: 2, 2: 2, 3: 3, 4: 4, 5: 4, 6: 8, 7: 8, 8: 8}
+    out = {}
+    for fmt in FORMATS:
+        if fmt in UNQUANTISED:
+            out[fmt] = _UNQUANTISED
+            continue
+        bits, group, _ = parse(fmt)
+        out[fmt] = QuantSetting(bits_of[bits], 8, "bf16", group if group in (32, 64) else 64, 16)
+    return out
+
+
+THETA_PROXY["torchao"] = _torchao_proxies()
 
 
 def theta_proxy(target: str, fmt: str) -> QuantSetting:

@@ -212,6 +212,8 @@ def test_space_and_configuration(tmp_path, capsys):
     assert cli_space.run(argparse.Namespace(model=str(tmp_path), config="int4-g32", json=True, target="torchao")) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["target"] == "torchao" and out["n_matrices"] == 14 and out["avg_bits"] == 8.75
+    assert cli_space.run(argparse.Namespace(model=str(tmp_path), config="torchao:int4-row", json=True, target="torchao")) == 0
+    assert json.loads(capsys.readouterr().out)["formats"] == {"int4-row": 14}
     space = ConfigSpace.from_model(model, "tiny-llama")
     c = space.load("torchao:int2-g32-asym")
     assert c.target == "torchao" and set(c.formats) == {"int2-g32-asym"} and c.avg_bits == 8.75

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a readable summary")
     p.add_argument(
         "--target", default=None,
-        help="a deployment target (bnb, gguf; docs/targets.md): --config is then one of its formats "
+        help="a deployment target (bnb, gguf, torchao; docs/targets.md): --config is then one of its formats "
         "for every matrix, a JSON file {\"default\": FMT, \"matrices\": {name: FMT}}, or a target "
         "configuration file (coalora allocate --target T --out FILE)",
     )
@@ -41,6 +41,8 @@ def _run_target(args: argparse.Namespace, space) -> int:
 
     target = get_target(args.target)
     spec = args.config
+    if spec.startswith(f"{target.name}:") and not os.path.lexists(spec):  # TARGET:FORMAT, as without --target
+        spec = spec[len(target.name) + 1:]
     if spec.endswith(".json") or os.path.lexists(spec):
         spec = jsonfile.load(spec, source=f"assignment file {spec!r}")
     if isinstance(spec, dict) and "format" in spec:  # a whole target configuration file (coalora allocate --out)

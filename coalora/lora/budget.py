@@ -48,8 +48,13 @@ MiB = 1 << 20
 class MemoryBudget:
     """Byte budgets of the caches a CoaLoraModel keeps for inference (0 switches one off)."""
 
-    switcher_cache_bytes: int = 448 * MiB
+    switcher_cache_bytes: int = 64 * MiB
     merged_bytes: int = 256 * MiB
+    # The live configuration only as the merged inference weights (lazy switching; the
+    # quantized weights are made again when the unmerged path reads them).
+    lean_inference: bool = True
+    # The switcher's originals in an exactly recoverable compact form (Q4_1 blocks, bf16, fp16).
+    compact_originals: bool = True
     prefix_bytes: int = 320 * MiB
     prefix_stride: int = 3  # keep the input of every 3rd block (and the last block's output)
     # glibc malloc (the heap the tensors live in; see `configure_allocator`): at most this many

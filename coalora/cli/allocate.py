@@ -26,7 +26,7 @@ def register(sub) -> None:
             "pool) predicts best under the budget."
         ),
     )
-    add_model_arg(p)
+    add_model_arg(p, checkpoint="optional")
     # Parsed by check_budget (not type=float), so a bad value gets the same one-line message as in the app.
     p.add_argument("--budget", required=True, help="average bits per weight, 2.0322 to 8.625")
     p.add_argument("--method", choices=METHODS, default="ilp",
@@ -45,21 +45,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _check_checkpoint(checkpoint: str, space) -> Path:
-    """The checkpoint's default pool file, after checking it was trained on this model."""
+def _space_and_pool(args: argparse.Namespace):
+    """-> (the model's configuration space from its config alone, the checkpoint's default pool
+    file or None). With --checkpoint the model is its base (--model: where from; refused when
+    its projections differ from the checkpoint's), else --model (default smollm2-135m)."""
+    from coalora.cli.common import model_name_or_default
     from coalora.cli.search import default_paths
-    from coalora.lora.checkpoint import read_metadata
+    from coalora.lora.checkpoint import checkpoint_space, read_metadata
+    from coalora.models import build_space_for
 
-    folder, meta = read_metadata(checkpoint)  # resolves 'default'; clear errors for bad folders
-    base = meta.get("base_model") or {}
-    space.check_fingerprint(base.get("fingerprint") or "missing", f"checkpoint {checkpoint!r}", base.get("name"),
-                            made="was trained on")
-    return default_paths(checkpoint, folder)[0]
+    if not args.checkpoint:
+        return build_space_for(model_name_or_default(args.model)), None
+    folder, meta = read_metadata(args.checkpoint)  # resolves 'default'; clear errors for bad folders
+    return checkpoint_space(folder, meta, args.model), default_paths(args.checkpoint, folder)[0]
 
 
 def _run_target(args: argparse.Namespace, t0: float) -> int:
     """--target bnb/gguf: fast or ilp over the target's legal formats (coalora.search.target_alloc)."""
-    from coalora.models import build_space_for
     from coalora.quant.targets import get_target
     from coalora.search.target_alloc import StorageTable, allocate_target, check_target_budget, get_target_costs
 
@@ -69,15 +71,13 @@ def _run_target(args: argparse.Namespace, t0: float) -> int:
                           "evaluations (no pool of target configurations); use --method fast or ilp")
     if args.out is not None:
         check_writable_file(args.out, "--out")
-    space = build_space_for(args.model)
-    if args.checkpoint:
-        _check_checkpoint(args.checkpoint, space)
+    space, _ = _space_and_pool(args)
     storage = StorageTable.build(space, args.target)
     args.budget = check_target_budget(storage, args.budget)  # shapes only: before any weight is loaded
     table = get_target_costs(space, args.target, weighting=args.weighting, progress=not args.json)
     got = allocate_target(table, args.budget, args.method)
     config = got.config
-    out = {"model": args.model, "weighting": args.weighting, "costs": table.meta.get("source", "computed"),
+    out = {"model": space.model_name, "weighting": args.weighting, "costs": table.meta.get("source", "computed"),
            **got.to_dict(), "packed_bytes": config.storage_bytes, "config_hash": config.hash,
            "seconds": round(time.perf_counter() - t0, 3)}
     return _finish(args, config, out, f"{args.method} ({args.target}): avg bits {config.avg_bits:.4f} (budget "
@@ -96,7 +96,6 @@ def _finish(args: argparse.Namespace, config, out: dict, line: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from coalora.errors import ConfigError
-    from coalora.models import build_space_for
     from coalora.search.allocate import allocate, check_budget
     from coalora.search.pareto import BITS_MIN
 
@@ -107,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
     args.budget = check_budget(args.budget, BITS_MIN)
     if args.out is not None:
         check_writable_file(args.out, "--out")
-    space = build_space_for(args.model)
-    ckpt_pool = _check_checkpoint(args.checkpoint, space) if args.checkpoint else None
-    out: dict = {"model": args.model, "method": args.method, "budget": args.budget}
+    space, ckpt_pool = _space_and_pool(args)
+    out: dict = {"model": space.model_name, "method": args.method, "budget": args.budget}
     candidates: tuple = ()
     if args.method in ("fast", "ilp"):
         from coalora.search.costs import get_costs

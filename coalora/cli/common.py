@@ -12,15 +12,39 @@ from coalora.models import DEFAULT_MODEL, EMBEDDED
 from coalora.space import PRESET_HELP
 
 
-def add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=(
-            f"base model: {', '.join(EMBEDDED)} (embedded, the default), a local model folder, "
-            "or a Hugging Face id already in the local cache (never downloaded)"
-        ),
-    )
+_SOURCES = "a local model folder, or a Hugging Face id already in the local cache (never downloaded)"
+CHECKPOINT_MODEL_HELP = (
+    "where to load the checkpoint's base model from (default: the model recorded in the checkpoint): "
+    "a local model folder or a Hugging Face id already in the local cache, e.g. when its recorded hub id is "
+    "not cached here or its folder moved; refused, naming both models and fingerprints, when its projections "
+    "(structure fingerprint) or weights differ from the ones the checkpoint was trained on"
+)
+
+
+def add_model_arg(p: argparse.ArgumentParser, checkpoint: str = "none") -> None:
+    """--model, the same for every command (coalora.models.resolve_model_path reads it).
+
+    checkpoint "none": the command has no --checkpoint; --model is the base model (default
+    smollm2-135m). "required": the command always takes a checkpoint; --model (default None:
+    the checkpoint's recorded base) is where that base is loaded from (load_checkpoint's
+    `base_model`, checkpoint_space). "optional": with --checkpoint as "required", without it
+    the base model (None then means smollm2-135m; model_name_or_default)."""
+    if checkpoint == "none":
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"base model: {', '.join(EMBEDDED)} (embedded, the default), {_SOURCES}")
+    elif checkpoint == "required":
+        p.add_argument("--model", default=None, help=CHECKPOINT_MODEL_HELP)
+    elif checkpoint == "optional":
+        p.add_argument("--model", default=None,
+                       help=f"without --checkpoint, the base model: {', '.join(EMBEDDED)} (embedded, the default), "
+                       f"{_SOURCES}. With --checkpoint, {CHECKPOINT_MODEL_HELP}")
+    else:
+        raise ValueError(f"checkpoint={checkpoint!r}: none, required or optional")
+
+
+def model_name_or_default(name: str | None) -> str:
+    """--model of a command without a checkpoint given: the name, or the embedded default."""
+    return name if name is not None and str(name).strip() else DEFAULT_MODEL
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def register(sub) -> None:
             "standard error. Quick eval (a fixed seeded subset) unless --full."
         ),
     )
-    add_model_arg(p)
+    add_model_arg(p, checkpoint="optional")
     p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or 'default' "
                    "(the shipped assets/checkpoints/default); without it the quantized base is evaluated with no adapter")
     p.add_argument("--config", default="none", help=config_help() + "; or 'none' for the weights as loaded (default)")
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     role = {"role": "select"} if args.quick else {"role": "report"} if args.report else {}
     if args.device.type != "cpu":  # where it was computed, when not on the CPU (bf16 kernels differ)
         role["device"] = str(args.device)
-    record = ResultRecord.from_estimate(est, config=config, model=args.model, split=split, method=method,
+    model_name = model.space.model_name  # where the base was loaded from (--model, else the checkpoint's)
+    record = ResultRecord.from_estimate(est, config=config, model=model_name, split=split, method=method,
                                         checkpoint=checkpoint, config_path=None if config is None else str(args.config),
                                         extra=role)
     if not args.no_record:
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out))
         return 0
     bits = "as loaded (no quantization)" if config is None else f"{config.avg_bits:.3f} bits/weight, {config.packed_bytes:,} bytes"
-    print(f"model     {args.model} ({method}{', ' + checkpoint if checkpoint else ''})")
+    print(f"model     {model_name} ({method}{', ' + checkpoint if checkpoint else ''})")
     print(f"config    {args.config}: {bits}")
     label = {"select": "  [quick eval: for selection, not a reportable number]",
              "report": "  [reportable: the whole test part]"}.get(role.get("role", ""), "")

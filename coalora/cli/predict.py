@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from coalora.cli.common import config_help
+from coalora.cli.common import add_model_arg, config_help
 from coalora.errors import ConfigError, ModelMismatchError
 
 
@@ -36,6 +36,7 @@ def register(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or 'default'")
     p.add_argument("--config", required=True, help=config_help())
+    add_model_arg(p, checkpoint="required")
     p.add_argument("--pool", default=None, help="pool file (default: assets/front/pool.json for --checkpoint "
                    "default, else CHECKPOINT/pool.json)")
     p.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from coalora.eval.harness import quick_split
     from coalora.lora import read_metadata
     from coalora.metrics import from_error
-    from coalora.models import build_space_for
+    from coalora.lora.checkpoint import checkpoint_space
     from coalora.search.gp import fit_surrogate
     from coalora.search.loop import Pool
 
@@ -90,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     pool_path = Path(args.pool) if args.pool else default_paths(args.checkpoint, folder)[0]
     header = read_pool_header(pool_path)
     check_pool(header, pool_path, (meta.get("tensors") or {}).get("sha256"), split)
-    base = meta.get("base_model") or {}
-    space = build_space_for(base.get("name") or header.get("model"))
+    # The base model's config only (no weights): --model, else the name the checkpoint records
+    # (else the pool's); refused when its projections differ from the checkpoint's.
+    space = checkpoint_space(folder, meta, args.model or (meta["base_model"].get("name") or header.get("model")))
     config = space.load(args.config)  # ModelMismatchError for another model's configuration
     pool = Pool.load(pool_path, space)
     gp = fit_surrogate(pool.configs, pool.values, space)

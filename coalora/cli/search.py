@@ -49,6 +49,9 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or 'default' (assets/checkpoints/default)")
+    from coalora.cli.common import add_device_arg, add_model_arg
+
+    add_model_arg(p, checkpoint="required")
     p.add_argument("--task", default=None, help=f"one of {', '.join(TASKS)} (default: the checkpoint's training task)")
     p.add_argument("--pool", default=None, help=f"pool file to continue and save (default: {DEFAULT_POOL} for "
                    "--checkpoint default, else CHECKPOINT/pool.json)")
@@ -70,8 +73,6 @@ def register(sub) -> None:
     p.add_argument("--mc-samples", type=int, default=64, help="Monte-Carlo samples of the log-EHVI (default 64)")
     p.add_argument("--seed", type=int, default=0, help="search seed (GP fit, acquisition; default 0)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="compute precision for --objective error")
-    from coalora.cli.common import add_device_arg
-
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if pool_path.exists():
         check_pool_file(pool_path, pool_meta)
 
-    model, tok, meta = load_checkpoint(folder, quiet=args.json)
+    model, tok, meta = load_checkpoint(folder, quiet=args.json, base_model=args.model)
     place(model, device)
     space = model.space
     pool = Pool.load(pool_path, space) if pool_path.exists() else Pool(space)

@@ -10,6 +10,7 @@ recipe, data-split manifest, seed ...).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from coalora.errors import CheckpointError, ConfigError, ModelMismatchError, OutputExistsError
+from coalora.errors import CheckpointError, ConfigError, ModelLoadError, ModelMismatchError, OutputExistsError
 from coalora.io import atomic_folder, plain_mode
 from coalora.lora.model import CoaLoraModel
 from coalora.lora.spec import LoraSpec
@@ -179,15 +180,65 @@ def _check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{str(path)!r} is not a valid safetensors file ({str(e).splitlines()[0]})") from None
 
 
+def base_model_source(meta: dict[str, Any], base_model: str | None = None) -> str:
+    """Where a checkpoint's base model is loaded from: `base_model` (the `--model` of a command
+    that takes a checkpoint: a local folder or a cached hub id) or, when None or empty, the
+    name recorded in the checkpoint (base_model.name)."""
+    recorded = (meta.get("base_model") or {}).get("name")
+    name = base_model if base_model is not None and str(base_model).strip() else recorded
+    if not name:
+        raise CheckpointError("the checkpoint does not record its base model's name; give --model (a local folder "
+                              "or a cached hub id of the model it was trained on)")
+    return str(name)
+
+
+def checkpoint_space(folder: str | Path, meta: dict[str, Any], base_model: str | None = None) -> ConfigSpace:
+    """The configuration space of a checkpoint's base model from that model's config alone (no
+    weights: coalora.models.build_space_for), named as base_model_source names it.
+    ModelMismatchError (one line naming both models and structure fingerprints) when
+    `base_model` has other projections than the checkpoint was trained on."""
+    from coalora.models import build_space_for
+
+    name = base_model_source(meta, base_model)
+    with _hint_model_option(folder, meta, name):
+        space = build_space_for(name)
+    _check_structure(space, Path(folder), meta)
+    return space
+
+
+@contextlib.contextmanager
+def _hint_model_option(folder: str | Path, meta: dict[str, Any], name: str):
+    """A ModelLoadError for the base model a checkpoint records (not one given with --model)
+    says that --model can load it from elsewhere."""
+    try:
+        yield
+    except ModelLoadError as e:
+        if name != (meta.get("base_model") or {}).get("name"):
+            raise
+        raise ModelLoadError(f"{e}. Checkpoint {checkpoint_label(Path(folder), meta)!r} records this base model; "
+                             "give --model (the app: COALORA_MODEL) with a local folder or cached hub id of it") from None
+
+
+def _check_structure(space: ConfigSpace, folder: Path, meta: dict[str, Any]) -> None:
+    base = meta.get("base_model") or {}
+    space.check_fingerprint(base.get("fingerprint"), f"checkpoint {checkpoint_label(folder, meta)!r}", base.get("name"),
+                            made="was trained on")
+
+
 def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.float32,
                     model: torch.nn.Module | None = None, tokenizer: Any = None,
-                    quiet: bool = True) -> tuple[CoaLoraModel, Any, dict[str, Any]]:
+                    quiet: bool = True, base_model: str | None = None) -> tuple[CoaLoraModel, Any, dict[str, Any]]:
     """Load a checkpoint onto its base model -> (CoaLoraModel, tokenizer, metadata).
 
-    Without `model`, the base model named in the metadata is loaded with
-    coalora.models.load_model in `dtype`. A given `model` must be an unwrapped HF model with
-    its original weights (it is wrapped in place; on a mismatch it is left as it was); the
-    returned tokenizer is then `tokenizer` (None unless given).
+    Without `model`, the base model is loaded with coalora.models.load_model in `dtype` from
+    `base_model` (a local folder or a cached hub id: the `--model` of eval, search, predict,
+    export and the app) or, when None, from the name recorded in the checkpoint. An
+    overriding `base_model` is checked against the checkpoint's structure fingerprint from
+    its config alone, before any weight is loaded; the model's space is named `base_model`
+    (so cost tables and result records name where it was loaded from).
+    A given `model` must be an unwrapped HF model with its original weights (it is wrapped in
+    place; on a mismatch it is left as it was); the returned tokenizer is then `tokenizer`
+    (None unless given); `base_model` then only names its space.
     Refuses: missing folder or files, unknown format, non-safetensors or altered tensor
     file, and a base model whose structure or weights fingerprint differs.
     """
@@ -199,21 +250,26 @@ def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.flo
     except ConfigError as e:
         raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
     base = meta["base_model"]
-    name = base.get("name")
     if model is None:
         from coalora.models import load_model
 
-        model, tokenizer = load_model(name, dtype=dtype, quiet=quiet)
+        name = base_model_source(meta, base_model)
+        if name != base.get("name"):  # another source: refuse other projections before loading weights
+            checkpoint_space(folder, meta, name)
+        with _hint_model_option(folder, meta, name):
+            model, tokenizer = load_model(name, dtype=dtype, quiet=quiet)
+    else:
+        name = base_model or base.get("name")
     space = ConfigSpace.from_model(model, name)
-    space.check_fingerprint(base.get("fingerprint"), f"checkpoint {checkpoint_label(folder, meta)!r}", name,
-                            made="was trained on")
+    _check_structure(space, folder, meta)
     wrapped = CoaLoraModel(model, space, spec)
     try:
         fp = weights_fingerprint(wrapped)
         if base.get("weights_fingerprint") not in (None, fp):
             raise ModelMismatchError(
-                f"checkpoint {str(folder)!r} was trained on other weights than the given model's "
-                f"(weights fingerprint {base.get('weights_fingerprint')} vs {fp}); load its base model {name!r}"
+                f"checkpoint {str(folder)!r} was trained on other weights than those of {name!r} "
+                f"(weights fingerprint {base.get('weights_fingerprint')} vs {fp}); load its base model "
+                f"{base.get('name')!r} (or a copy of it with --model)"
             )
         _load_tensors(wrapped, load_file(str(folder / meta["tensors"]["file"])), folder)
     except BaseException:
@@ -241,22 +297,21 @@ def checkpoint_label(folder: Path, meta: dict[str, Any]) -> str:
     return f"{name}@sha256:{sha}" if sha else name
 
 
-def load_for_eval(checkpoint: str | Path | None, model_name: str, dtype: torch.dtype = torch.float32,
+def load_for_eval(checkpoint: str | Path | None, model_name: str | None = None, dtype: torch.dtype = torch.float32,
                   quiet: bool = True) -> LoadedModel:
-    """A checkpoint on its base model, or (checkpoint None) the base model `model_name` with a
-    zero adapter (CoaLoraModel.for_base). ModelMismatchError when the checkpoint was trained
-    on another model than `model_name`."""
+    """A checkpoint on its base model, or (checkpoint None) the base model `model_name`
+    (None: coalora.models.DEFAULT_MODEL) with a zero adapter (CoaLoraModel.for_base).
+    With a checkpoint, `model_name` is where its base model is loaded from (None: the name it
+    records; load_checkpoint's `base_model`): ModelMismatchError when that model's projections
+    or weights differ from the ones the checkpoint was trained on."""
     if checkpoint is None:
-        from coalora.models import load_model
+        from coalora.models import DEFAULT_MODEL, load_model
 
+        model_name = model_name or DEFAULT_MODEL
         base, tok = load_model(model_name, dtype=dtype, quiet=quiet)
         return LoadedModel(CoaLoraModel.for_base(base, model_name), tok, "base", None, {})
-    folder, meta = read_metadata(checkpoint)
-    trained_on = (meta.get("base_model") or {}).get("name")
-    if trained_on is not None and trained_on != model_name:
-        raise ModelMismatchError(f"checkpoint {checkpoint_label(folder, meta)!r} was trained on model "
-                                 f"{trained_on!r}, not on {model_name!r}")
-    model, tok, meta = load_checkpoint(folder, dtype=dtype, quiet=quiet)
+    model, tok, meta = load_checkpoint(checkpoint, dtype=dtype, quiet=quiet, base_model=model_name)
+    folder = resolve_checkpoint(checkpoint)
     method = (meta.get("training") or {}).get("method", "coalora")
     return LoadedModel(model, tok, method, checkpoint_label(folder, meta), meta)
 

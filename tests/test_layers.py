@@ -9,7 +9,7 @@ from pathlib import Path
 
 LAYERS = [
     {"errors", "io", "tmp", "jsonfile", "metrics", "results", "version", "device"},
-    {"quant"}, {"space"}, {"models", "data"}, {"eval"}, {"lora"}, {"search"}, {"train"}, {"export"}, {"cli"},
+    {"quant"}, {"space"}, {"models", "data"}, {"eval"}, {"lora"}, {"search"}, {"train"}, {"export", "deploy"}, {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 PKG = Path(__file__).resolve().parents[1] / "coalora"

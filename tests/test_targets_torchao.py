@@ -245,3 +245,30 @@ def test_all_smollm2_matrices_exact(real_model):
         for fmt in fmts:
             _assert_exact(wb, fmt, m.name)
         _assert_exact(w, "int4-g32", m.name)
+
+
+# ---------------------------------------------------------------- allocation
+def test_allocate_torchao_on_a_tiny_model():
+    """`coalora allocate --target torchao` works through the shared target allocator: legal
+    formats, the budget met, and since storage depends on the group only, the ILP never
+    spends bytes on a format that a same-size format beats (int1 symmetric: all zeros)."""
+    from conftest import make_tiny_llama
+
+    from coalora.search.target_alloc import allocate_target, compute_target_costs
+    from coalora.space import ConfigSpace
+
+    model = make_tiny_llama(seed=4)
+    space = ConfigSpace.from_model(model, "tiny-llama")
+    table = compute_target_costs(model, space, "torchao")
+    assert table.storage.formats == tuple(tao.FORMATS)
+    lo, hi = table.storage.min_bits, table.storage.max_bits
+    # cheapest: one group per row (448 rows of 64 and 64 of 128 per layer, 36,864 weights); fp32 the dearest
+    assert lo == pytest.approx(8 + 24 * 512 / 36864) and hi == 32
+    for budget in (lo, 8.4, 8.8, 12.0, hi):
+        got = {m: allocate_target(table, budget, m) for m in ("fast", "ilp")}
+        for res in got.values():
+            for mat, f in zip(space.matrices, res.config.formats):
+                assert f in T.legal_formats(mat.shape)
+            assert res.config.avg_bits <= budget and res.config.target == "torchao"
+        assert got["ilp"].total_error <= got["fast"].total_error
+        assert not any(f.startswith("int1-") and not f.endswith("asym") for f in got["ilp"].config.formats)

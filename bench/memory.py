@@ -15,7 +15,7 @@ glibc gives each thread that allocates its own malloc arena), and after each pri
   arenas exist;
 - live torch tensor storages on the CPU, found through the GC and the model's caches and
   counted once per storage, split by owner: model parameters and buffers (the base model:
-  embeddings, norms, the live quantized weights), the switcher's fp32 originals, the
+  embeddings, norms, the live quantized weights), the switcher's originals (compact), the
   switcher's LRU cache, the merged inference weights, the prefix cache, everything else.
 
 --allocator glibc leaves glibc's defaults (no arena cap, no trim) to show what they cost.
@@ -99,8 +99,8 @@ def tensor_owners(engine) -> dict[str, float]:
     sizes: dict[int, int] = {}
     for t in model.switcher._cache.values():
         claim(t, "switcher cache (incl. live weights)")
-    for t in model.switcher.originals.values():
-        claim(t, "switcher fp32 originals")
+    for t in model.switcher.originals.held_tensors():  # the compact forms, as held
+        claim(t, "switcher originals")
     for layer in model.adapted.values():
         claim(layer.merged_weight, "merged weights")
     for t in model.prefix._entries.values():

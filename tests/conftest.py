@@ -65,13 +65,15 @@ def real_model(real_model_dir):
     return load_model("smollm2-135m", quiet=True)
 
 
-def save_tiny_model_dir(path, seed: int = 0, n_layers: int = 2):
+def save_tiny_model_dir(path, seed: int = 0, n_layers: int = 2, words: tuple[str, ...] = ()):
     """Save make_tiny_llama(seed) plus a 256-word word-level tokenizer to the folder `path`,
-    so code that loads a base model by name (coalora.models.load_model) can use it offline."""
+    so code that loads a base model by name (coalora.models.load_model) can use it offline.
+    words: real words given the last ids before <unk> (e.g. a task's label words)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"t{i}": i for i in range(255)} | {"<unk>": 255}
+    vocab = {f"t{i}": i for i in range(255 - len(words))} | {w: 255 - len(words) + i for i, w in enumerate(words)}
+    vocab |= {"<unk>": 255}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     make_tiny_llama(n_layers=n_layers, seed=seed).save_pretrained(path)

@@ -14,7 +14,7 @@ from coalora import __version__
 from coalora.errors import CoaloraError
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ("space", "eval", "export", "train", "search", "allocate", "predict")
+SUBCOMMANDS = ("space", "eval", "export", "verify", "train", "search", "allocate", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""`coalora export`: one configuration of a trained checkpoint as a standard peft adapter."""
+"""`coalora export`: one configuration of a trained checkpoint, in the files a runtime loads."""
 
 from __future__ import annotations
 
@@ -6,38 +6,63 @@ import argparse
 
 from coalora.cli.common import check_new_folder, config_help
 
+TARGET_HELP = (
+    "what to write (docs/deploy.md): peft = the adapter for coalora's simulated base (default); "
+    "bnb = base + per-module bitsandbytes loader + peft adapter (needs a bnb configuration, e.g. "
+    "bnb:nf4); gguf = base.gguf + adapter.gguf for llama.cpp + a llama-quantize recipe (needs a gguf "
+    "configuration, e.g. gguf:Q4_0); torchao = base + torchao FqnToConfig recipe + loader + peft adapter "
+    "(needs a torchao configuration, e.g. torchao:int4-g32)"
+)
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """--model, --target and --gguf-base, shared with `coalora verify`."""
+    from coalora.cli.common import add_model_arg
+    from coalora.deploy import EXPORT_TARGETS
+
+    add_model_arg(p, checkpoint="required")
+
+    p.add_argument("--target", default="peft", choices=EXPORT_TARGETS, help=TARGET_HELP)
+    p.add_argument("--gguf-base", default=None, metavar="FILE",
+                   help="--target gguf: a GGUF of the base model to copy metadata, tokenizer and the "
+                        "other tensors from (default: the embedded model's own GGUF)")
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="write a peft LoRA adapter folder for one quantization configuration",
+        help="write one quantization configuration in the files a runtime loads (peft, bnb, gguf, torchao)",
         description=(
-            "Fold θ's adjustment for CONFIG into the adapter (B' = B (I + U)) and write a standard "
-            "peft LoRA folder: adapter_config.json, adapter_model.safetensors, configuration.json "
-            "and a README saying how to load it. The adapter is meant for the base model quantized "
-            "by coalora under the same configuration."
+            "Fold θ's adjustment for CONFIG into the adapter (B' = B (I + U)) and write it for a runtime. "
+            "--target peft: a standard peft LoRA folder for the base quantized by coalora. --target bnb / "
+            "gguf / torchao: what transformers + bitsandbytes, llama.cpp or transformers + torchao load, with a REPORT.md of the real bits "
+            "per weight, the bytes of every file and every approximation. Written to a temporary folder "
+            "and renamed when complete. Check an export with `coalora verify`."
         ),
     )
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint folder written by `coalora train` (default: the bundled 'default')")
     p.add_argument("--config", required=True, help=config_help())
+    add_target_args(p)
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from coalora.export import export_peft
-    from coalora.lora.checkpoint import load_checkpoint, read_metadata
-    from coalora.models import build_space_for
+    from coalora.deploy import check_export_target, export
+    from coalora.lora.checkpoint import checkpoint_space, load_checkpoint, read_metadata
 
     # Cheap checks first: refuse before loading any model.
     out = check_new_folder(args.out, "--out", force=args.force)
-    _, meta = read_metadata(args.checkpoint)
-    build_space_for(meta["base_model"]["name"]).load(args.config)  # weights not needed to reject a bad config
-    model, _, meta = load_checkpoint(args.checkpoint, quiet=False)
+    folder, meta = read_metadata(args.checkpoint)
+    check_export_target(args.target, checkpoint_space(folder, meta, args.model).load(args.config))
+    model, _, meta = load_checkpoint(args.checkpoint, quiet=False, base_model=args.model)
     config = model.space.load(args.config)
-    export_peft(model, config, out, force=args.force)
-    print(f"wrote {out}: peft LoRA adapter (rank {model.spec.rank}) for configuration {config.hash} "
-          f"({config.avg_bits:.3f} bits) of {model.space.model_name}; see {out / 'README.md'}")
+    export(model, config, args.target, out, force=args.force, gguf_base=args.gguf_base)
+    what = {"peft": "peft LoRA adapter", "bnb": "bitsandbytes model + adapter", "gguf": "GGUF base + LoRA",
+            "torchao": "torchao model recipe + adapter"}[args.target]
+    print(f"wrote {out}: {what} (rank {model.spec.rank}) for configuration {config.hash} "
+          f"({config.avg_bits:.3f} bits per weight) of {model.space.model_name}; "
+          f"see {out / ('README.md' if args.target == 'peft' else 'REPORT.md')}")
     return 0

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.coalora-setup
 
-.PHONY: setup app test test-fast bench gpu-check clean-venv
+.PHONY: setup app test test-fast bench gpu-check llama-cpp clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: setup
 # says so and exits 0. Not yet run on a GPU by this project.
 gpu-check: setup
 	$(PY) bench/gpu_check.py
+
+# Optional: llama.cpp for `coalora verify --target gguf` (tests skip it when absent). PyPI has
+# no wheel of llama-cpp-python, so pip compiles llama.cpp: ~15 minutes on 2 cores, needs a C++
+# compiler and cmake (apt-get install build-essential cmake). Not part of `make setup` or CI.
+llama-cpp: setup
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q llama-cpp-python==0.3.36 diskcache==5.6.3
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,6 +14,7 @@ simulated weights bit for bit, and scores in llama.cpp when llama-cpp-python is 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import tempfile
 import time
@@ -75,15 +76,40 @@ def torch_logprobs(model, seqs: Sequence[list[int]], pad_id: int, dtype: str, tr
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def _no_repack():
+    """llama.cpp's `--no-repack` (model param use_extra_bufts=False) while a model loads.
+    Why: with weight repacking into its "extra buffer types" (AMX here), llama.cpp 0.3.36's
+    first decode segfaults on this machine's CPU (AMX listed, tested: base.gguf alone and the
+    embedded GGUF alike); llama-cpp-python has no argument for it, so its default model
+    params are wrapped meanwhile. The plain CPU kernels compute the same types."""
+    import llama_cpp.llama as ll
+
+    default = ll.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    ll.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        ll.llama_cpp.llama_model_default_params = default
+
+
 def llama_cpp_logprobs(folder: Path, seqs: Sequence[list[int]], threads: int | None = None) -> torch.Tensor:
-    """(N, V) next-token log-probs from llama.cpp (llama-cpp-python) with base.gguf + adapter.gguf."""
+    """(N, V) next-token log-probs from llama.cpp (llama-cpp-python) with base.gguf + adapter.gguf,
+    weights not repacked (`--no-repack`, see _no_repack)."""
     from llama_cpp import Llama
 
     from coalora.deploy.gguf import ADAPTER_FILE, BASE_FILE
 
     n_ctx = max(len(s) for s in seqs) + 8
-    llm = Llama(model_path=str(folder / BASE_FILE), lora_path=str(folder / ADAPTER_FILE), n_ctx=n_ctx,
-                n_batch=n_ctx, n_threads=threads or torch.get_num_threads(), logits_all=True, verbose=False)
+    with _no_repack():
+        llm = Llama(model_path=str(folder / BASE_FILE), lora_path=str(folder / ADAPTER_FILE), n_ctx=n_ctx,
+                    n_batch=n_ctx, n_threads=threads or torch.get_num_threads(), logits_all=True, verbose=False)
     rows = []
     for s in seqs:
         llm.reset()
@@ -170,16 +196,18 @@ def verify(model, tokenizer, config, target: str, task: str = "sst2", n: int | N
             loader, what = PYTHON_RUNTIMES[target]
             progress(f"loading the export with its {loader} ({what}) and scoring ...")
             rmodel = load_with_script(folder, loader)
-            runtime = torch_logprobs(rmodel, seqs, pad_token_id(tokenizer), dtype)
-            record["runtime"] = f"{what} ({loader})"
             if target == "bnb":
-                # bnb's CPU inference kernel (eval mode) rounds differently from a float matmul;
-                # its training-mode path dequantizes and calls F.linear, as coalora computes.
-                progress("scoring again through bitsandbytes' dequantize path (training mode, no dropout) ...")
+                # bnb's CPU inference kernel (eval mode) rounds differently from a float matmul; its
+                # training-mode path dequantizes and calls F.linear, as coalora computes. First:
+                # the first eval-mode forward repacks the 4-bit weights for that kernel for good.
+                progress("scoring through bitsandbytes' dequantize path (training mode, no dropout) ...")
                 exact = compare(sim, torch_logprobs(rmodel, seqs, pad_token_id(tokenizer), dtype, train_mode=True),
                                 label_ids, gold)
                 record["dequantize_path"] = {k: exact[k] for k in ("rows_differing", "max_label_logprob_diff",
                                                                    "max_vocab_logprob_diff")}
+                progress("scoring with bitsandbytes' CPU inference kernel (eval mode) ...")
+            runtime = torch_logprobs(rmodel, seqs, pad_token_id(tokenizer), dtype)
+            record["runtime"] = f"{what} ({loader})"
             del rmodel
         elif target == "gguf":
             progress("checking base.gguf's tensors against the simulated weights ...")
@@ -192,7 +220,7 @@ def verify(model, tokenizer, config, target: str, task: str = "sst2", n: int | N
                 runtime = llama_cpp_logprobs(folder, seqs)
                 import llama_cpp
 
-                record["runtime"] = f"llama.cpp via llama-cpp-python {llama_cpp.__version__}"
+                record["runtime"] = f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (--no-repack)"
         else:  # peft
             from coalora.export import load_peft_export
 

@@ -284,3 +284,41 @@ def test_embedded_gguf_holds_the_hf_weights_permuted(real_model):
         stored = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
         hf = model.get_submodule(name).weight.detach().float()
         assert torch.equal(stored.reshape(hf.shape), layout.to_gguf_rows(name, hf))
+
+
+@pytest.fixture(scope="module")
+def default_checkpoint():
+    from coalora.lora.checkpoint import load_for_eval
+
+    return load_for_eval("default")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("spec", ["bnb:nf4-dq", "torchao:int4-g32"])
+def test_verify_python_runtimes_on_the_default_checkpoint(default_checkpoint, spec):
+    """The real model's export, loaded by its runtime: the same predictions on 8 dev rows, and
+    the logits within float rounding where the runtime computes in float (torchao; bnb through
+    its dequantize path)."""
+    from coalora.deploy.verify import verify
+
+    model, tok = default_checkpoint.model, default_checkpoint.tokenizer
+    config = model.space.load(spec)
+    rec = verify(model, tok, config, config.target, n=8)
+    assert rec["rows"] == 8 and rec["rows_differing"] == []
+    exact = rec["dequantize_path"] if config.target == "bnb" else rec
+    assert exact["max_vocab_logprob_diff"] < 1e-3
+
+
+@pytest.mark.real
+def test_verify_gguf_checks_every_tensor_of_the_real_export(default_checkpoint):
+    from coalora.deploy.verify import verify
+
+    model, tok = default_checkpoint.model, default_checkpoint.tokenizer
+    config = model.space.target_configuration("gguf", {"default": "Q4_0", "matrices": {
+        m.name: "Q8_0" for m in model.space.matrices if m.block == 0}})
+    rec = verify(model, tok, config, "gguf", n=4)
+    assert rec["file_check"] == {"tensors_checked": 210, "tensors_differing": []}
+    if rec["runtime"] is None:  # llama-cpp-python is optional (`make llama-cpp`)
+        assert "make llama-cpp" in rec["runtime_absent"]
+    else:
+        assert rec["rows"] == 4 and rec["agreement"] >= 0.75

@@ -129,11 +129,63 @@ class Engine:
         got = allocate(source, budget, method)
         return got.config, got.note
 
+    # ---- deployment targets (docs/deploy.md): the GP and the front know the NF-k space only ----
+    def target_formats(self, target: str) -> tuple[str, ...]:
+        """The formats of `target` legal on every projection of this model (a uniform choice)."""
+        from coalora.quant.targets import get_target
+
+        t = get_target(target)
+        shapes = {m.shape for m in self.space.matrices}
+        return tuple(f for f in t.formats if all(f in t.legal_formats(sh) for sh in shapes))
+
+    def allocate_target(self, target: str, budget: float) -> tuple[Configuration, str]:
+        """The target's ILP allocation for `budget` bits per weight (its real bytes), from the
+        shipped or cached error table only: computing one takes minutes (`coalora allocate
+        --target T` does and caches it)."""
+        from coalora.search.target_alloc import allocate_target, check_target_budget, load_target_costs
+
+        table = load_target_costs(self.space, target)
+        if table is None:
+            raise ConfigError(f"no quantization-error table of target {target!r} for {self.model_name!r} here; compute "
+                              f"it once with `coalora allocate --target {target} --model {self.model_name} --budget 8.5`")
+        got = allocate_target(table, check_target_budget(table.storage, budget), "ilp")
+        return got.config, (f"{target} ILP allocation: {got.config.avg_bits:.3f} bits per weight for a budget of "
+                            f"{got.budget:g} ({got.status}, {got.seconds:.2f} s)")
+
+    @staticmethod
+    def runtime_missing(target: str) -> str | None:
+        """Why `verify` cannot run `target`'s runtime here (None: it can)."""
+        import importlib.util
+
+        from coalora.deploy.verify import LLAMA_CPP_HINT
+
+        if target == "coalora":
+            return "coalora's NF-k format is simulated only: no runtime loads it; pick a deployment target"
+        need = {"bnb": ("bitsandbytes", "pip install bitsandbytes"), "torchao": ("torchao", "pip install torchao"),
+                "gguf": ("llama_cpp", LLAMA_CPP_HINT)}[target]
+        return None if importlib.util.find_spec(need[0]) is not None else need[1]
+
+    def verify(self, config: Configuration) -> dict[str, Any]:
+        """Export `config` to its runtime and score the quick-eval rows there and in the
+        simulation, fp32 (coalora.deploy.verify) -> the record. Holds the model meanwhile."""
+        from coalora.deploy.verify import verify
+
+        with self.lock:
+            self._applied = None  # verify sets the configuration itself
+            try:
+                return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
+            finally:
+                budget.trim_heap()
+
     def predict(self, config: Configuration) -> tuple[float, float] | None:  # GP (mean, std) in the metric
-        return None if self.predictor is None else self.predictor.predict(config)
+        if self.predictor is None or config.target != "coalora":
+            return None
+        return self.predictor.predict(config)
 
     def prob_on_front(self, config: Configuration) -> float | None:  # under the GP, before learning from it
-        p = None if self.predictor is None else self.predictor.prob_on_front([config])
+        if self.predictor is None or config.target != "coalora":
+            return None
+        p = self.predictor.prob_on_front([config])
         return None if p is None else round(p[0], 4)
 
     @contextmanager
@@ -178,7 +230,8 @@ class Engine:
                     method=self.loaded.method if with_adapter else "base",
                     checkpoint=self.loaded.checkpoint if with_adapter else None, seconds=time.perf_counter() - t0,
                     extra={"done": est.done, "n_target": est.n_target, **extra})
-                if est.done and with_adapter and not report and self.predictor:  # the GP learns (background refit)
+                if est.done and with_adapter and not report and self.predictor and config.target == "coalora":
+                    # the GP learns (background refit); it models the NF-k space only
                     self.predictor.observe(rec)
                 yield rec
 
@@ -215,12 +268,19 @@ class Engine:
         return recs
 
     def export_zip(self, config: Configuration, folder: Path) -> Path:
-        """A zip of the peft adapter folder for `config` plus its configuration JSON, written
-        into `folder` (a fresh one, see ui.downloads) -> path."""
-        from coalora.export import export_zip
+        """A zip of `config`'s export, written into `folder` (a fresh one, see ui.downloads) ->
+        path: the peft adapter folder plus its configuration JSON for an NF-k configuration,
+        what llama.cpp loads for a gguf one. bnb and torchao exports hold the whole
+        unquantized base (538 MB for SmolLM2): written by the command line, not zipped here."""
+        from coalora.deploy import export_zip
 
         if not self.model.has_adapter:
             raise ConfigError("no trained adapter is loaded, so there is no adapter to export; "
                               "download the configuration JSON instead")
+        if config.target in ("bnb", "torchao"):
+            raise ConfigError(
+                f"a {config.target} export holds the whole unquantized base model (hundreds of MB), too big for a "
+                f"download here: download the configuration JSON and run `coalora export --target {config.target} "
+                f"--config configuration-{config.hash}.json --out {config.target}-{config.hash}/` (docs/deploy.md)")
         with self.lock:
             return export_zip(self.model, config, folder, self.model_name)

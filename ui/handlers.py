@@ -55,14 +55,27 @@ def snap_bits(value: float) -> int:
 
 
 # ---- configuration <-> state ------------------------------------------------------------
-def current_config(engine: Engine, state: SessionState) -> Configuration:
+def nf_config(engine: Engine, state: SessionState) -> Configuration:
+    """The session's NF-k configuration (what the sliders and fields edit)."""
     if state.config is None:
         return engine.preset(DEFAULT_PRESET)
     return engine.space.decode(state.config)
 
 
+def current_config(engine: Engine, state: SessionState) -> Configuration:
+    """The configuration the session evaluates: its deployment-target one if chosen, else NF-k."""
+    if state.target is not None:
+        names = [m.name for m in engine.space.matrices]
+        return engine.space.target_configuration(state.target["target"], {
+            "default": state.target["formats"][0], "matrices": dict(zip(names, state.target["formats"]))})
+    return nf_config(engine, state)
+
+
 def _set(state: SessionState, config: Configuration) -> SessionState:
-    state.config = config.encode().tolist()
+    if config.target == "coalora":
+        state.config, state.target = config.encode().tolist(), None
+    else:  # the NF-k configuration stays as it was, for the sliders
+        state.target = {"target": config.target, "formats": list(config.formats)}
     if state.current is not None and state.current.get("config_hash") != config.hash:
         state.current, state.prediction = None, None
     return state
@@ -84,6 +97,12 @@ def majority(config: Configuration, name: str) -> Any:
 
 def size_line(config: Configuration) -> str:
     """The always-visible storage line (exact, before any evaluation)."""
+    if config.target != "coalora":
+        kinds = ", ".join(f"{f} x{n}" for f, n in Counter(config.formats).most_common(4))
+        return (f"**{config.avg_bits:.3f} bits per weight** on average · **{config.storage_bytes / MB:.2f} MB** as "
+                f"**{config.target}** stores them ({config.storage_bytes:,} bytes: codes, scales, zero points and "
+                f"padding of the {config.space.n_matrices} projections as that runtime holds them; embeddings, norms "
+                f"and adapter not counted) · {kinds} · configuration `{config.hash}`")
     return (f"**{config.avg_bits:.3f} bits per weight** on average · **{config.packed_bytes / MB:.2f} MB** packed "
             f"({config.packed_bytes:,} bytes: weights, scales, offsets and padding of the "
             f"{config.space.n_matrices} quantized projections; embeddings, norms and adapter not counted) · "
@@ -98,15 +117,18 @@ def control_values(config: Configuration) -> list[Any]:
 
 
 def config_outputs(engine: Engine, state: SessionState, config: Configuration) -> list[Any]:
-    """[state, size line, download path, *control values] after a configuration change."""
-    return [_set(state, config), size_line(config), str(downloads.write_config(engine.workdir, config)), *control_values(config)]
+    """[state, size line, download path, *control values] after a configuration change (a
+    target configuration leaves the controls on the session's NF-k configuration)."""
+    _set(state, config)
+    return [state, size_line(config), str(downloads.write_config(engine.workdir, config)),
+            *control_values(nf_config(engine, state))]
 
 
 # ---- edits ---------------------------------------------------------------------------------
 def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[Any]:
     """Block sliders -> configuration: blocks whose slider differs from their current bits get
     the (snapped) slider bits in all 7 projections; other blocks keep their settings."""
-    config = current_config(engine, state)
+    config = nf_config(engine, state)
     now = config.block_bits()
     if len(values) != len(now):
         raise gr.Error(f"expected {len(now)} block sliders, got {len(values)}")
@@ -121,7 +143,7 @@ def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[A
 def apply_override(engine: Engine, state: SessionState, group: str, bits: Any) -> list[Any]:
     """group 'attention' or 'mlp': set the weight bits of those projections in every block."""
     types = {"attention": ATTENTION_TYPES, "mlp": MLP_TYPES}[group]
-    config = current_config(engine, state)
+    config = nf_config(engine, state)
     b = snap_bits(bits)
     return config_outputs(engine, state, with_bits(config, {m.name: b for m in config.space.matrices
                                                             if m.module_type in types}))
@@ -134,7 +156,7 @@ def apply_field(engine: Engine, state: SessionState, name: str, value: Any) -> l
     if name != "scale_format":
         value = int(value)
     try:
-        return config_outputs(engine, state, with_field(current_config(engine, state), name, value))
+        return config_outputs(engine, state, with_field(nf_config(engine, state), name, value))
     except CoaloraError as e:
         raise _err(e) from None
 
@@ -205,6 +227,79 @@ def apply_upload(engine: Engine, state: SessionState, path: str | None) -> list[
     return config_outputs(engine, state, config)
 
 
+# ---- deployment targets (docs/deploy.md) -------------------------------------------------------
+TARGETS = ("coalora", "bnb", "gguf", "torchao")
+TARGET_LABELS = {"coalora": "coalora NF-k (the sliders; simulated only)", "bnb": "bnb: transformers + bitsandbytes",
+                 "gguf": "gguf: llama.cpp", "torchao": "torchao: transformers + torchao"}
+DEFAULT_TARGET_FORMAT = {"bnb": "nf4", "gguf": "Q4_0", "torchao": "int4-g32"}
+
+
+def _check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise gr.Error(f"deployment target {target!r} is unknown; allowed: {', '.join(TARGETS)}")
+    return target
+
+
+def target_choices(engine: Engine, target: str) -> tuple[list[str], str | None]:
+    """(formats of `target` legal on every projection, the default one) for the format menu."""
+    if _check_target(target) == "coalora":
+        return [], None
+    formats = list(engine.target_formats(target))
+    return formats, DEFAULT_TARGET_FORMAT[target] if DEFAULT_TARGET_FORMAT[target] in formats else formats[0]
+
+
+def apply_target(engine: Engine, state: SessionState, target: str, fmt: str | None) -> list[Any]:
+    """Target + one format for every projection -> configuration (target coalora: back to the
+    session's NF-k configuration); config outputs plus a note."""
+    if _check_target(target) == "coalora":
+        return [*config_outputs(engine, state, nf_config(engine, state)), "Back to coalora's NF-k configuration (the sliders)."]
+    formats, default = target_choices(engine, target)
+    fmt = fmt or default
+    if fmt not in formats:
+        raise gr.Error(f"format {fmt!r} is not legal for every projection under target {target}; allowed: {', '.join(formats)}")
+    config = engine.space.target_configuration(target, fmt)
+    return [*config_outputs(engine, state, config), f"{target}: {fmt} on all {engine.space.n_matrices} projections."]
+
+
+def apply_target_allocation(engine: Engine, state: SessionState, target: str, budget: float) -> list[Any]:
+    """The target's ILP allocation for the bit budget (in the runtime's real bytes)."""
+    if _check_target(target) == "coalora":
+        raise gr.Error("pick a deployment target first (bnb, gguf or torchao); for the NF-k space use "
+                       "'Allocate for this budget' above")
+    try:
+        config, note = engine.allocate_target(target, budget)
+    except CoaloraError as e:
+        raise _err(e) from None
+    return [*config_outputs(engine, state, config), note]
+
+
+def verify_line(engine: Engine, state: SessionState) -> str:
+    """Score the current target configuration in its real runtime beside the simulation."""
+    config = current_config(engine, state)
+    missing = engine.runtime_missing(config.target)
+    if config.target == "coalora":
+        raise gr.Error(missing)
+    if missing and config.target != "gguf":
+        raise gr.Error(f"{config.target}'s runtime is not installed here: {missing}")
+    try:
+        r = engine.verify(config)
+    except CoaloraError as e:
+        raise _err(e) from None
+    parts = [f"**Verified `{config.hash}` ({config.target})** on {len(engine.split)} {engine.split.part} rows, fp32:"]
+    if "file_check" in r:
+        fc = r["file_check"]
+        parts.append(f"base.gguf: {fc['tensors_checked'] - len(fc['tensors_differing'])} of {fc['tensors_checked']} "
+                     "tensors bit-identical to the simulation.")
+    if r.get("runtime") is None:
+        parts.append(f"Runtime not run: {r.get('runtime_absent')}.")
+        return " ".join(parts)
+    parts.append(f"runtime ({r['runtime']}) **{r['runtime_accuracy']:.4f}** vs simulated **{r['simulated_accuracy']:.4f}**;"
+                 f" same prediction on {r['rows'] - len(r['rows_differing'])}/{r['rows']} rows; largest log-prob "
+                 f"difference {r['max_label_logprob_diff']:.2g} (label words). Scored in fp32, so the simulated number "
+                 "can differ slightly from the app's quick eval.")
+    return " ".join(parts)
+
+
 # ---- evaluation ----------------------------------------------------------------------------
 _FRONT_LINES: dict[int, tuple[Any, Any]] = {}  # id(front) -> (front, FrontLine): converted once
 
@@ -257,11 +352,11 @@ def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     trigger_mode="always_last" then runs the evaluation of the new configuration."""
     config = current_config(engine, state)
     _set(state, config)
-    mine = state.config
+    mine = state.identity()
     with closing(engine.evaluate(config)) as records:
-        while state.config == mine:
+        while state.identity() == mine:
             rec = next(records, None)
-            if rec is None or state.config != mine:
+            if rec is None or state.identity() != mine:
                 return
             d = rec.to_dict()
             prediction = state.prediction = tuple(d["extra"]["predicted"]) if "predicted" in d["extra"] else None
@@ -286,10 +381,10 @@ def report_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     table]; the final record is kept in state.reports. Superseded like evaluate_stream."""
     config = current_config(engine, state)
     _set(state, config)
-    mine = state.config
+    mine = state.identity()
     with closing(engine.evaluate(config, report=True)) as records:
         for rec in records:
-            if state.config != mine:
+            if state.identity() != mine:
                 return
             d = rec.to_dict()
             if d["extra"].get("done"):

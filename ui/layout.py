@@ -92,6 +92,19 @@ def build_app(engine: Engine) -> gr.Blocks:
                     mlp = gr.Radio(list(h.BITS), value=values0[space.n_blocks + 1], label="MLP (gate, up, down) bits, all blocks")
                     fields = [gr.Radio(list(h.FIELD_VALUES[f]), value=values0[space.n_blocks + 2 + i], label=f"{f} (all matrices)")
                               for i, f in enumerate(h.ADVANCED_FIELDS)]
+                with gr.Accordion("Deployment target: a format a runtime loads (docs/deploy.md)", open=False):
+                    target = gr.Radio([(h.TARGET_LABELS[t], t) for t in h.TARGETS], value="coalora",
+                                      label="Target", elem_id="target",
+                                      info="bnb, gguf and torchao formats are simulated bit for bit as their runtime "
+                                           "dequantizes them; the sliders and the GP front stay in coalora's NF-k space")
+                    target_fmt = gr.Dropdown([], value=None, label="Format on every projection", elem_id="target-format",
+                                             interactive=True)
+                    with gr.Row():
+                        target_btn = gr.Button("Use this format", size="sm")
+                        target_alloc_btn = gr.Button("Allocate within the target for the bit budget", size="sm")
+                    verify_btn = gr.Button("Verify in runtime (export, score there and here)", size="sm",
+                                           elem_id="verify-btn")
+                    target_note = gr.Markdown("", elem_id="target-note")
                 with gr.Row():
                     upload = gr.UploadButton("Upload configuration JSON", file_types=[".json"], size="sm")
                     download = gr.DownloadButton("Download configuration JSON", value=str(downloads.write_config(engine.workdir, nf4)), size="sm")
@@ -104,7 +117,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                 plot = gr.Plot(label="Score vs average bits", elem_id="plot")
                 with gr.Row():
                     base_btn = gr.Button("Measure baselines (base without adapter, nf2/3/4/8)", size="sm")
-                    export_btn = gr.Button("Export adapter (peft folder + configuration, zip)", size="sm")
+                    export_btn = gr.Button("Export (peft adapter; gguf: llama.cpp files) as a zip", size="sm")
                 export_file = gr.File(label="Export", interactive=False, height=90)
                 tbl = gr.Dataframe(headers=h.TABLE_HEADERS, label="Points evaluated in this session (click a header to sort)",
                                    interactive=False, wrap=True, elem_id="points")
@@ -139,6 +152,15 @@ def build_app(engine: Engine) -> gr.Blocks:
         chain(pick_btn.click(partial(h.apply_front_pick, engine), [state, pick_limit, pick_unit],
                              [*cfg_out, alloc_note], api_visibility="private"))
         chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private"))
+        # picking a target applies its default format at once; picking a format applies that one
+        chain(target.input(partial(_target_fn, engine), [state, target], [target_fmt, *cfg_out, target_note],
+                           trigger_mode="always_last", api_visibility="private"))
+        chain(gr.on([target_btn.click, target_fmt.input], partial(h.apply_target, engine), [state, target, target_fmt],
+                    [*cfg_out, target_note], trigger_mode="always_last", api_visibility="private"))
+        chain(target_alloc_btn.click(partial(h.apply_target_allocation, engine), [state, target, budget],
+                                     [*cfg_out, target_note], api_visibility="private"))
+        verify_btn.click(zerogpu.gpu(partial(h.verify_line, engine), 120), [state], [target_note],
+                         api_visibility="private")
         evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
         # A newer edit supersedes the evaluation still running: h.evaluate_stream stops at its
         # next chunk boundary once the session's configuration has changed, and always_last runs
@@ -172,6 +194,12 @@ def build_app(engine: Engine) -> gr.Blocks:
         gr.api(allocate_api, api_name="allocate",
                api_description="(budget: average bits per weight, method: fast | ilp | gp) -> configuration JSON.")
     return demo
+
+
+def _target_fn(engine: Engine, state: SessionState, target: str) -> list:
+    """A new target: its format menu, and its default format applied (coalora: back to NF-k)."""
+    formats, default = h.target_choices(engine, target)
+    return [gr.update(choices=formats, value=default), *h.apply_target(engine, state, target, default)]
 
 
 def _field_fn(engine: Engine, name: str, state: SessionState, value):

@@ -14,16 +14,23 @@ MAX_POINTS = 500  # a long demo session keeps its latest points; the table and p
 
 @dataclass
 class SessionState:
-    """config: (n_matrices, 5) field indices of the current configuration (None before the first
-    change); points: finished quick-eval records of this session, oldest first; current: the
+    """config: (n_matrices, 5) field indices of the current NF-k configuration (None before the
+    first change); target: the current deployment-target configuration, if any; points: finished quick-eval records of this session, oldest first; current: the
     latest (possibly still streaming) record of the current configuration; reports: the
     reportable scores on the full test part, asked for explicitly per configuration."""
 
     config: list[list[int]] | None = None
+    # a deployment target's configuration, when one is current: {"target": T, "formats": [...]}
+    # (`config` then keeps the last NF-k configuration, which the sliders edit)
+    target: dict[str, Any] | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
     current: dict[str, Any] | None = None
     prediction: tuple[float, float] | None = None
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # config hash -> full-test record
+
+    def identity(self) -> tuple:
+        """What the session's current configuration is (a newer edit changes it)."""
+        return (self.config, None if self.target is None else (self.target["target"], tuple(self.target["formats"])))
 
     def add_point(self, record: dict[str, Any]) -> None:
         """Keep a finished record (replacing an earlier one of the same configuration)."""

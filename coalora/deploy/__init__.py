@@ -67,4 +67,26 @@ def export(model, config, target: str, out: str | Path, force: bool = False,
     return out
 
 
-__all__ = ["CONFIGURATION_FILE", "EXAMPLE_CONFIG", "EXPORT_TARGETS", "check_export_target", "export"]
+def export_zip(model, config, folder: str | Path, model_name: str, target: str | None = None,
+               gguf_base: str | Path | None = None) -> Path:
+    """`config`'s export for `target` (default: the configuration's own target; peft for the
+    NF-k space) as one zip inside `folder` (a fresh folder the caller owns) -> the zip's path."""
+    import re
+    import zipfile
+
+    target = target or ("peft" if config.target == "coalora" else config.target)
+    if target == "peft":
+        from coalora.export import export_zip as peft_zip
+
+        return peft_zip(model, config, folder, model_name)
+    folder = Path(folder)
+    name = f"coalora-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(model_name).name)}-{target}-{config.hash}"
+    out = export(model, config, target, folder / name, gguf_base=gguf_base)
+    zpath = folder / f"{name}.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:  # GGUF barely compresses
+        for f in sorted(out.rglob("*")):
+            z.write(f, f"{name}/{f.relative_to(out)}")
+    return zpath
+
+
+__all__ = ["export_zip", "CONFIGURATION_FILE", "EXAMPLE_CONFIG", "EXPORT_TARGETS", "check_export_target", "export"]

@@ -55,7 +55,11 @@ def _label_rows(task: str, n: int | None, tokenizer):
     split = quick_split(task, n=QUICK_ROWS if n is None else n)
     prompts = [make_prompt(task, r, "coalora") for r in split.rows]
     seqs = [token_ids(tokenizer, p.prompt, True) for p in prompts]
-    return seqs, _label_token_ids(tokenizer, prompts[0].label_words), [p.label for p in prompts], split
+    try:
+        label_ids = _label_token_ids(tokenizer, prompts[0].label_words)
+    except ValueError as e:  # verify compares next-token log-probs: one token per label word
+        raise ConfigError(f"--task {task}: {e}, so verify cannot compare next-token predictions") from None
+    return seqs, label_ids, [p.label for p in prompts], split
 
 
 def torch_logprobs(model, seqs: Sequence[list[int]], pad_id: int, dtype: str, train_mode: bool = False) -> torch.Tensor:

@@ -101,8 +101,8 @@ def tensor_owners(engine) -> dict[str, float]:
         claim(t, "switcher cache (incl. live weights)")
     for t in model.switcher.originals.held_tensors():  # the compact forms, as held
         claim(t, "switcher originals")
-    for layer in model.adapted.values():
-        claim(layer.merged_weight, "merged weights")
+    for t in model._merged.values():  # the live configuration's are entries of the LRU
+        claim(t, "merged weights (LRU)")
     for t in model.prefix._entries.values():
         claim(t, "prefix cache")
     for name, t in [*model.model.named_parameters(), *model.model.named_buffers()]:

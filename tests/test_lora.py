@@ -298,12 +298,35 @@ def test_merged_follows_configuration_switches(tiny_space):
         torch.testing.assert_close(_logits(cm, merged=True), refs[key], rtol=0, atol=1e-5)
     per_block = sum(1 for m in tiny_space.matrices if m.block == block)
     assert name in [m.name for m in tiny_space.matrices if m.block == block]
-    # a -> b -> a: all matrices twice (a was merged before b); a -> one -> a: one block twice
-    assert cm.merge_stats["merged"] - n0 == 3 * tiny_space.n_matrices + 2 * per_block
-    ptrs = [layer.merged_weight.data_ptr() for layer in cm.adapted.values()]
+    # a and b merged once each; back to a, to `one` (a with b's block: both merged already)
+    # and back to a again come from the merged LRU: 14 + 7 + 7 layers
+    assert cm.merge_stats["merged"] - n0 == 2 * tiny_space.n_matrices
+    assert cm.merge_stats["cache_hits"] == tiny_space.n_matrices + 2 * per_block
     cm.set_configuration(b)
     _logits(cm, merged=True)
-    assert [layer.merged_weight.data_ptr() for layer in cm.adapted.values()] == ptrs  # reused, not reallocated
+    ptrs = [layer.merged_weight.data_ptr() for layer in cm.adapted.values()]
+    cm.set_configuration(a)
+    _logits(cm, merged=True)
+    cm.set_configuration(b)
+    _logits(cm, merged=True)
+    assert [layer.merged_weight.data_ptr() for layer in cm.adapted.values()] == ptrs  # the same entries, not re-made
+    assert cm.merged_cached_bytes() == 2 * tiny_space.n_params * 4  # a's and b's, fp32
+
+
+def test_merged_lru_keeps_its_budget_but_always_the_live_configuration(tiny_space):
+    cm = _adapted()
+    one = tiny_space.n_params * 4  # one configuration's merged weights, fp32
+    cm.merged_cache_bytes = one + one // 4
+    configs = tiny_space.sample(4, seed=3)
+    for c in configs:
+        cm.set_configuration(c)
+        _logits(cm, merged=True)
+        assert cm.merged_cached_bytes() <= cm.merged_cache_bytes
+    cm.merged_cache_bytes = 1  # less than the live configuration: that one stays, nothing else
+    cm.set_configuration(configs[0])
+    ref = _logits(cm, merged=False)
+    torch.testing.assert_close(_logits(cm, merged=True), ref, rtol=0, atol=1e-5)
+    assert cm.merged_cached_bytes() == one
 
 
 def test_merged_is_invalidated_by_an_optimizer_step(tiny_space):

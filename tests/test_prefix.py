@@ -205,7 +205,8 @@ def test_budgets_come_from_one_place(monkeypatch):
     assert _model(prefix_bytes=10, cache_bytes=7).switcher.cache_bytes == 7
     monkeypatch.undo()
     d = budget.MemoryBudget()
-    assert (d.switcher_cache_bytes, d.merged_bytes, d.prefix_bytes, d.prefix_stride) == (64 << 20, 256 << 20, 320 << 20, 3)
+    assert (d.switcher_cache_bytes, d.merged_bytes, d.merged_cache_bytes, d.prefix_bytes, d.prefix_stride) == (
+        16 << 20, 256 << 20, 288 << 20, 320 << 20, 3)
     assert CoaLoraModel.for_base(make_tiny_llama(), "tiny-llama").prefix.stride == 3
 
 

@@ -6,14 +6,18 @@ docs/design.md, "Data flow" and "App").
 
 A CoaLoraModel reads `budget.current()` when it is built (arguments given to it win):
 
-- `switcher_cache_bytes`: the WeightSwitcher's LRU of fake-quantized weights (coalora.lora.switcher).
-  The live configuration's weights are entries of this cache, so a budget of at least one
-  configuration (424.7 MB in fp32 for SmolLM2-135M's 106.2M target weights) keeps them from
-  being held twice; the rest holds recent slider settings (one block: 14.2 MB).
-- `merged_bytes`: the cap on the merged inference weights (one copy of all target weights in
-  the compute dtype, coalora.lora.model): 212.3 MB in bf16, 424.7 MB in fp32 for SmolLM2-135M.
-  A model whose merged copy would exceed the cap computes unmerged (on a CPU without native
-  bf16 the eval runs fp32, and SmolLM2-135M then stays unmerged under the default).
+- `switcher_cache_bytes`: the WeightSwitcher's LRU of fake-quantized weights (coalora.lora.switcher),
+  float32. With lean inference (`lean_inference`, the default) the live configuration is not
+  held here but only merged, so this only spares re-quantizing recent settings when a merge
+  misses or the unmerged path runs (one block: 14.2 MB).
+- `merged_bytes`: the cap on one configuration's merged inference weights (all target weights
+  in the compute dtype, coalora.lora.model): 212.3 MB in bf16, 424.7 MB in fp32 for
+  SmolLM2-135M. A model whose merged copy would exceed the cap computes unmerged (on a CPU
+  without native bf16 the eval runs fp32, and SmolLM2-135M then stays unmerged under the default).
+- `merged_cache_bytes`: the LRU of merged weights by (matrix, setting): the live
+  configuration's (always kept) plus recent ones, so a switch back to a configuration seen
+  lately (an undone slider move, another session's) re-quantizes and re-merges nothing.
+  288 MiB = 302 MB: the live 212 MB plus ~12 blocks of other settings (7.1 MB per block in bf16).
 - `prefix_bytes`, `prefix_stride`: the LRU of hidden states entering decoder blocks
   (coalora.lora.prefix), keeping every `prefix_stride`-th boundary and the last block's
   output. One configuration of the SmolLM2 quick eval (SST-2, 128 rows, 6 batches of 7,119
@@ -25,12 +29,12 @@ A CoaLoraModel reads `budget.current()` when it is built (arguments given to it 
   just before the next evaluation needs it); the rest keeps recent slider moves' suffixes.
 
 Defaults and the arithmetic for the app on SmolLM2-135M (steady state; MB = 10^6 bytes):
-embeddings (tied head) 113.2 + the switcher's fp32 originals 424.7 + switcher cache 448 MiB
-(469.8, holding the live configuration's 424.7) + merged bf16 212.3 + prefix cache 320 MiB
-(335.5) + adapter 20 = 1,575 MB of tensors at most; the process around them (python, torch,
-gradio, the GP: heap, libraries, stacks) measured ~0.9 GB more, so the app's steady RSS is
-~2.45 GB: NOT under the 2 GB target (docs/app.md, "Memory", which also says what 2 GB would
-take). The allocator settings below keep glibc from holding freed memory on top of that.
+embeddings (tied head) 113.2 + the switcher's originals in their exact Q4_1 form 66.4
+(`compact_originals`) + switcher cache 16 MiB (16.8) + merged LRU 288 MiB (302, holding the
+live configuration's 212.3) + prefix cache 320 MiB (335.5) + adapter 20 = ~854 MB of tensors
+at most; the process around them (python, torch, gradio, the GP: heap, libraries, stacks)
+measured ~0.7 GB more (docs/app.md, "Memory"). The allocator settings below keep glibc from
+holding freed memory on top of that.
 The trainer sets its own switcher budget (`cache_gb`, 4 GiB).
 """
 
@@ -48,8 +52,12 @@ MiB = 1 << 20
 class MemoryBudget:
     """Byte budgets of the caches a CoaLoraModel keeps for inference (0 switches one off)."""
 
-    switcher_cache_bytes: int = 64 * MiB
+    switcher_cache_bytes: int = 16 * MiB
     merged_bytes: int = 256 * MiB
+    # LRU of merged weights by (matrix, setting, ...): the live configuration's are entries,
+    # the rest makes switching back (another session's configuration, an undone slider move)
+    # a lookup, with no re-quantizing and no re-merging
+    merged_cache_bytes: int = 288 * MiB
     # The live configuration only as the merged inference weights (lazy switching; the
     # quantized weights are made again when the unmerged path reads them).
     lean_inference: bool = True

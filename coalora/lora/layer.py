@@ -65,19 +65,13 @@ class CoaLoraLinear(nn.Module):
         return self.scaling * (B @ self.lora_A.weight)
 
     @torch.no_grad()
-    def merge_into_buffer(self, dtype: torch.dtype, base: torch.Tensor | None = None) -> torch.Tensor:
-        """merged_weight <- Q(W0) + s·B M A, computed in float32 and rounded once to `dtype`;
-        the buffer is reused when its dtype/device/shape fit (no new allocation per configuration).
-        base: Q(W0) (default: the base layer's weight; CoaLoraModel passes the switcher's
-        `live` weights, which need not be attached to the base layer)."""
+    def merged(self, dtype: torch.dtype, base: torch.Tensor | None = None) -> torch.Tensor:
+        """A new (out, in) tensor Q(W0) + s·B M A, computed in float32 and rounded once to
+        `dtype`. base: Q(W0) (default: the base layer's weight; CoaLoraModel passes the
+        switcher's `live` weights, which need not be attached to the base layer)."""
         w = self.base_layer.weight if base is None else base
         B = self.lora_B.weight if self.M is None else self.lora_B.weight @ self.M.to(self.lora_B.weight.dtype)
-        buf = self.merged_weight
-        if buf is None or buf.dtype != dtype or buf.device != w.device or buf.shape != w.shape:
-            self.merged_weight = buf = torch.empty(w.shape, dtype=dtype, device=w.device)
-        full = torch.addmm(w.to(torch.float32), B, self.lora_A.weight, alpha=self.scaling)  # (out, in) float32
-        buf.copy_(full)
-        return buf
+        return torch.addmm(w.to(torch.float32), B, self.lora_A.weight, alpha=self.scaling).to(dtype)  # (out, in)
 
     def release_merged(self) -> None:
         self.merged_weight, self.merged_key, self.use_merged = None, None, False

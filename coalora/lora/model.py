@@ -23,17 +23,18 @@ mode (or without dropout) and the adapter on folds the adapter into each project
 W_i = Q(W0_i) + s·B_i M_i A_i, stored in the forward's compute dtype: the autocast dtype when
 autocast is on (bf16 in the eval's `compute_context`), else the base weights' dtype. Each
 projection is then one matmul and no per-forward fp32 -> bf16 cast of the base weights
-happens. Each layer's merged weight is keyed by (dtype, device, θ's versions, the switcher's
-write count of that matrix, A's and B's identities and version counters), so only stale
-layers are re-merged (a one-block change: its 7 matrices, since M_i depends only on matrix
-i's own setting) and an optimizer step or a load invalidates them. Training (train=True),
-forwards that need grad, `disable_adapter()` and models without an adapter (`for_base`)
-use the unmerged path; the base layers always keep Q(W0) itself.
-Memory: one merged copy of the target weights in the compute dtype, reused in place across
-configurations (not accumulated): +212 MB in bf16 (+425 MB in fp32) for SmolLM2-135M's
-106.2M target weights, on top of the switcher's originals and cache; a copy larger than the
-budget's `merged_bytes` is not made (unmerged path). `release_merged()` frees it;
-`merge_for_inference = False` switches merging off.
+happens. A merged weight is keyed by (matrix, its setting's weight key, dtype, device, θ's
+versions, A's and B's identities and version counters) and kept in an LRU bounded by the
+budget's `merged_cache_bytes`: a one-block change merges its 7 matrices (M_i depends only on
+matrix i's own setting), switching back to a recent configuration (an undone slider move,
+another session's configuration) is a lookup, and an optimizer step or a load invalidates
+the entries. Training (train=True), forwards that need grad, `disable_adapter()` and models
+without an adapter (`for_base`) use the unmerged path; the base layers always keep Q(W0).
+Memory: the live configuration's merged weights (+212 MB in bf16, +425 MB in fp32 for
+SmolLM2-135M's 106.2M target weights; always held, whatever the LRU's budget) plus recent
+entries up to `merged_cache_bytes`; a configuration larger than `merged_bytes` is not merged
+(unmerged path). `release_merged()` frees them; `merge_for_inference = False` switches
+merging off.
 
 Prefix reuse (issue 13; coalora.lora.prefix): an inference forward without a KV cache
 (grad off, eval mode, `use_cache=False`, keyword arguments only, as the eval's label and
@@ -47,6 +48,8 @@ coalora.lora.budget (one settings object; arguments to the constructor win).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -78,6 +81,9 @@ class CoaLoraModel(nn.Module):
         limits = budget.current()
         cache_bytes = limits.switcher_cache_bytes if cache_bytes is None else cache_bytes
         self.merged_bytes = limits.merged_bytes if merged_bytes is None else merged_bytes
+        self.merged_cache_bytes = limits.merged_cache_bytes
+        self._merged: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # merge key -> merged weight (LRU)
+        self._merged_cached = 0  # bytes in self._merged
         self.spec = spec or LoraSpec()
         self.space = space
         base_model.requires_grad_(False)
@@ -110,7 +116,7 @@ class CoaLoraModel(nn.Module):
         self._theta_in_graph = False
         self._theta_version: tuple[int, ...] | None = None
         self.merge_for_inference = True  # False: always the unmerged path (benchmarks, parity tests)
-        self.merge_stats = {"merged": 0}  # layers (re-)merged so far
+        self.merge_stats = {"merged": 0, "cache_hits": 0}  # layers (re-)merged so far; taken from the LRU
         self.prefix = PrefixCache(limits.prefix_bytes if prefix_bytes is None else prefix_bytes,
                                   limits.prefix_stride if prefix_stride is None else prefix_stride)
         self.prefix_reuse = True  # False: every forward runs all blocks (benchmarks, parity tests)
@@ -261,25 +267,45 @@ class CoaLoraModel(nn.Module):
         return self.switcher.param(next(iter(self.switcher.modules)))
 
     def _merge_key(self, name: str, layer: CoaLoraLinear, dtype: torch.dtype) -> tuple:
+        """What a merged weight is made of: the matrix and its setting's weight key (Q(W0)),
+        θ's version (M_i = I + θ(matrix i's own setting)), A and B, the dtype and device."""
         A, B = layer.lora_A.weight, layer.lora_B.weight
-        return (dtype, self.switcher.param(name).device, self._theta_version, self.switcher.generation[name],
+        return (name, self.switcher.current[name], dtype, self.switcher.param(name).device, self._theta_version,
                 id(A), A._version, id(B), B._version)
 
     def _ensure_merged(self, dtype: torch.dtype) -> int:
-        """Re-merge the layers whose key changed -> how many."""
+        """Point every layer at its merged weight for the current configuration: from the LRU
+        when made before (under the same θ, A, B), else merged now -> how many were merged."""
         n = 0
         for name, layer in self.adapted.items():
             key = self._merge_key(name, layer, dtype)
-            if layer.merged_key != key or layer.merged_weight is None:
-                layer.merge_into_buffer(dtype, self.switcher.live(name))
-                layer.merged_key = key
+            w = self._merged.get(key)
+            if w is not None:
+                self._merged.move_to_end(key)  # also keeps the live configuration's entries recent
+                if layer.merged_key != key:
+                    self.merge_stats["cache_hits"] += 1
+            else:
+                w = layer.merged(dtype, self.switcher.live(name))
                 n += 1
                 if self.lean_inference:
                     self.switcher.release(name)  # one matrix at a time: no whole fp32 configuration at once
+                self._merged[key] = w
+                self._merged_cached += w.numel() * w.element_size()
+            layer.merged_weight, layer.merged_key = w, key
+        live = {layer.merged_key for layer in self.adapted.values()}
+        while self._merged_cached > self.merged_cache_bytes:
+            key, old = next(iter(self._merged.items()))
+            if key in live:  # only the live configuration is left: held whatever the budget
+                break
+            del self._merged[key]
+            self._merged_cached -= old.numel() * old.element_size()
         if self.lean_inference:
             self.switcher.release()  # e.g. attached by an unmerged forward since: read again when needed
         self.merge_stats["merged"] += n
         return n
+
+    def merged_cached_bytes(self) -> int:
+        return self._merged_cached
 
     def prepare_inference(self, dtype: torch.dtype | None = None) -> int:
         """Merge now (instead of in the next forward) for the current configuration, in
@@ -295,9 +321,11 @@ class CoaLoraModel(nn.Module):
             return self._ensure_merged(dtype)
 
     def release_merged(self) -> None:
-        """Free the merged weights (rebuilt by the next inference forward)."""
+        """Free the merged weights and their LRU (rebuilt by the next inference forward)."""
         for layer in self.adapted.values():
             layer.release_merged()
+        self._merged.clear()
+        self._merged_cached = 0
 
     def _set_use_merged(self, on: bool) -> None:
         for layer in self.adapted.values():

@@ -31,7 +31,7 @@ def test_target_formats_are_the_ones_legal_on_every_projection(engine):
         h.target_choices(engine, "onnx")
 
 
-def test_choosing_a_target_format_keeps_the_sliders_and_a_slider_returns_to_nf(engine):
+def test_choosing_a_target_format_keeps_the_nf_configuration_for_later(engine):
     st = SessionState()
     nb = engine.space.n_blocks
     h.apply_sliders(engine, st, 2, *([4] * (nb - 1)))
@@ -40,17 +40,17 @@ def test_choosing_a_target_format_keeps_the_sliders_and_a_slider_returns_to_nf(e
     config = h.current_config(engine, st)
     assert config.target == "bnb" and set(config.formats) == {"fp4-dq"} and st.config == nf
     assert "as **bnb** stores them" in out[1] and f"{config.storage_bytes:,} bytes" in out[1]
-    assert out[3:3 + nb] == [2] + [4] * (nb - 1)  # the sliders still show the NF-k configuration
+    assert out[3:3 + nb] == [4] * nb  # the sliders show the target's bit widths
     assert json.loads(open(out[2]).read())["target"] == "bnb"  # the download is the target configuration
     assert "fp4-dq on all" in out[-1]
     with pytest.raises(gr.Error, match="allowed: .*nf4"):
         h.apply_target(engine, st, "bnb", "Q4_0")
-    h.apply_sliders(engine, st, 3, *([4] * (nb - 1)))  # a slider edits the NF-k configuration again
-    assert st.target is None and h.current_config(engine, st).target == "coalora"
+    h.apply_sliders(engine, st, 8, *([4] * (nb - 1)))  # under bnb, 8 bits is int8
+    assert {h.current_config(engine, st).format(m.name) for m in engine.space.matrices if m.block == 0} == {"int8"}
     h.apply_target(engine, st, "gguf", None)
     assert set(h.current_config(engine, st).formats) == {"Q4_0"}
-    h.apply_target(engine, st, "coalora", None)
-    assert st.target is None and st.config == engine.space.decode(st.config).encode().tolist()
+    out = h.apply_target(engine, st, "coalora", None)  # back: the NF-k configuration as it was
+    assert st.target is None and st.config == nf and out[3:3 + nb] == [2] + [4] * (nb - 1)
 
 
 def test_a_target_configuration_is_evaluated_without_the_gp(engine):
@@ -74,21 +74,43 @@ def test_a_newer_target_choice_supersedes_a_running_evaluation(engine):
     assert list(stream) == []  # stops at the next chunk boundary
 
 
-def test_target_allocation_needs_the_targets_error_table(engine, tmp_path, monkeypatch):
+def test_under_a_target_sliders_overrides_presets_and_allocation_pick_legal_formats(engine, tmp_path, monkeypatch):
     st = SessionState()
+    nb = engine.space.n_blocks
+    out = h.apply_target(engine, st, "gguf", "Q4_1")
+    assert out[3:3 + nb + 2] == [4] * nb + [4, 4]  # block sliders, attention and MLP bits
+    out = h.apply_sliders(engine, st, 5, *([4] * (nb - 1)))  # block 0 -> 5 bits: Q4_1's kind at 5 is Q5_1
+    config = h.current_config(engine, st)
+    assert {config.format(m.name) for m in engine.space.matrices if m.block == 0} == {"Q5_1"}
+    assert {config.format(m.name) for m in engine.space.matrices if m.block != 0} == {"Q4_1"}
+    assert out[3] == 5 and config.target == "gguf"
+    h.apply_sliders(engine, st, 3, *([4] * (nb - 1)))  # no 3-bit gguf type holds 64-wide rows: the closest, 4 (ties up)
+    assert {h.current_config(engine, st).format(m.name) for m in engine.space.matrices if m.block == 0} == {"Q4_1"}
+    h.apply_override(engine, st, "mlp", 8)
+    config = h.current_config(engine, st)
+    assert {config.format(m.name) for m in engine.space.matrices if m.module_type == "down_proj"} == {"Q8_0"}
+    h.apply_preset(engine, st, "max")
+    assert set(h.current_config(engine, st).formats) == {"F32"}
+    h.apply_target(engine, st, "torchao", "int4-g64-asym")
+    h.apply_preset(engine, st, "nf2")
+    assert set(h.current_config(engine, st).formats) == {"int2-g64-asym"}
+    with pytest.raises(gr.Error, match="field of coalora's NF-k settings"):
+        h.apply_field(engine, st, "block_size", 16)
+    # the budget allocation follows the target, from its error table
+    h.apply_target(engine, st, "bnb", "nf4")
     with pytest.raises(gr.Error, match="coalora allocate --target bnb"):
-        h.apply_target_allocation(engine, st, "bnb", 5.0)
-    with pytest.raises(gr.Error, match="pick a deployment target"):
-        h.apply_target_allocation(engine, st, "coalora", 5.0)
+        h.apply_allocation(engine, st, 5.0, "fast")
     from coalora.models import load_model
     from coalora.search.target_alloc import get_target_costs
 
     monkeypatch.setenv("COALORA_CACHE", str(tmp_path))
     base, _ = load_model(engine.space.model_name, quiet=True)
     get_target_costs(engine.space, "bnb", model=base)  # computed and cached, as `coalora allocate --target` does
-    out = h.apply_target_allocation(engine, st, "bnb", 5.0)
+    out = h.apply_allocation(engine, st, 5.0, "fast")
     config = h.current_config(engine, st)
     assert config.target == "bnb" and config.avg_bits <= 5.0 and "bnb ILP allocation" in out[-1]
+    h.apply_target(engine, st, "coalora", None)
+    assert h.apply_allocation(engine, st, 3.0, "fast")[0].target is None  # back in the NF-k space
 
 
 def test_export_writes_gguf_and_points_to_the_command_line_for_bnb(engine):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections import Counter
 from contextlib import closing
 from typing import Any, Iterator
@@ -117,36 +118,48 @@ def control_values(config: Configuration) -> list[Any]:
 
 
 def config_outputs(engine: Engine, state: SessionState, config: Configuration) -> list[Any]:
-    """[state, size line, download path, *control values] after a configuration change (a
-    target configuration leaves the controls on the session's NF-k configuration)."""
+    """[state, size line, download path, *control values] after a configuration change. For a
+    target configuration the block sliders and the attention / MLP bits show its formats' bit
+    widths; the NF-k-only fields keep the session's NF-k values."""
     _set(state, config)
-    return [state, size_line(config), str(downloads.write_config(engine.workdir, config)),
-            *control_values(nf_config(engine, state))]
+    values = control_values(nf_config(engine, state))
+    if config.target != "coalora":
+        nb = config.space.n_blocks
+        widths = {t: Counter(format_bits(config.format(m.name)) for m in config.space.matrices if m.module_type in types)
+                  for t, types in (("attention", ATTENTION_TYPES), ("mlp", MLP_TYPES))}
+        values[:nb + 2] = [*target_block_bits(config), *(snap_bits(min(w.most_common(1)[0][0], 8))
+                                                        for w in widths.values())]
+    return [state, size_line(config), str(downloads.write_config(engine.workdir, config)), *values]
 
 
 # ---- edits ---------------------------------------------------------------------------------
 def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[Any]:
     """Block sliders -> configuration: blocks whose slider differs from their current bits get
     the (snapped) slider bits in all 7 projections; other blocks keep their settings."""
-    config = nf_config(engine, state)
-    now = config.block_bits()
+    config = current_config(engine, state)
+    target = config.target != "coalora"
+    now = target_block_bits(config) if target else config.block_bits()
     if len(values) != len(now):
         raise gr.Error(f"expected {len(now)} block sliders, got {len(values)}")
     changes: dict[str, int] = {}
     for b, v in enumerate(values):
-        want = snap_bits(v)
+        want = round(float(v)) if target else snap_bits(v)  # a target snaps per matrix (format_for_bits)
         if want != now[b]:
             changes.update({m.name: want for m in config.space.matrices if m.block == b})
-    return config_outputs(engine, state, with_bits(config, changes) if changes else config)
+    if not changes:
+        return config_outputs(engine, state, config)
+    return config_outputs(engine, state, with_target_bits(engine, config, changes) if target else with_bits(config, changes))
 
 
 def apply_override(engine: Engine, state: SessionState, group: str, bits: Any) -> list[Any]:
     """group 'attention' or 'mlp': set the weight bits of those projections in every block."""
     types = {"attention": ATTENTION_TYPES, "mlp": MLP_TYPES}[group]
-    config = nf_config(engine, state)
+    config = current_config(engine, state)
     b = snap_bits(bits)
-    return config_outputs(engine, state, with_bits(config, {m.name: b for m in config.space.matrices
-                                                            if m.module_type in types}))
+    which = {m.name: b for m in config.space.matrices if m.module_type in types}
+    if config.target != "coalora":
+        return config_outputs(engine, state, with_target_bits(engine, config, which))
+    return config_outputs(engine, state, with_bits(config, which))
 
 
 def apply_field(engine: Engine, state: SessionState, name: str, value: Any) -> list[Any]:
@@ -155,6 +168,9 @@ def apply_field(engine: Engine, state: SessionState, name: str, value: Any) -> l
         raise gr.Error(f"unknown field {name!r}; known fields are {', '.join(FIELD_NAMES)}")
     if name != "scale_format":
         value = int(value)
+    if state.target is not None:
+        raise gr.Error(f"{name} is a field of coalora's NF-k settings; a {state.target['target']} configuration is "
+                       "made of formats: choose them under 'Deployment target', or pick target coalora to edit NF-k fields")
     try:
         return config_outputs(engine, state, with_field(nf_config(engine, state), name, value))
     except CoaloraError as e:
@@ -162,16 +178,27 @@ def apply_field(engine: Engine, state: SessionState, name: str, value: Any) -> l
 
 
 def apply_preset(engine: Engine, state: SessionState, name: str) -> list[Any]:
+    """A preset; under a deployment target, its bit width in the target's closest formats
+    (min / max: the narrowest / widest each matrix may hold)."""
     try:
-        return config_outputs(engine, state, engine.preset(name))
+        preset = engine.preset(name)
     except CoaloraError as e:
         raise _err(e) from None
+    if state.target is None:
+        return config_outputs(engine, state, preset)
+    config = current_config(engine, state)
+    bits = {"min": 1, "max": 32}.get(name, majority(preset, "bits"))
+    return config_outputs(engine, state, with_target_bits(engine, config, {m.name: bits for m in config.space.matrices}))
 
 
 def apply_allocation(engine: Engine, state: SessionState, budget: float, method: str) -> list[Any]:
-    """Budget + method -> configuration; returns config outputs plus the allocation note."""
+    """Budget + method -> configuration; returns config outputs plus the allocation note.
+    Under a deployment target: the target's ILP in its real bytes (whatever the method)."""
     try:
-        config, note = engine.allocate(budget, method)
+        if state.target is not None:
+            config, note = engine.allocate_target(state.target["target"], budget)
+        else:
+            config, note = engine.allocate(budget, method)
     except CoaloraError as e:
         raise _err(e) from None
     return [*config_outputs(engine, state, config), note]
@@ -234,6 +261,42 @@ TARGET_LABELS = {"coalora": "coalora NF-k (the sliders; simulated only)", "bnb":
 DEFAULT_TARGET_FORMAT = {"bnb": "nf4", "gguf": "Q4_0", "torchao": "int4-g32"}
 
 
+def format_bits(fmt: str) -> int:
+    """The bit width a target format's name states (nf4, Q5_1, int3-g32, F16, MXFP4 -> 4, 5, 3, 16, 4)."""
+    return int(re.search(r"\d+", fmt).group())
+
+
+def format_for_bits(engine: Engine, target: str, shape: tuple[int, ...], current: str, bits: int) -> str:
+    """The format of `target` legal for `shape` closest to `bits` wide (ties go up), keeping
+    `current`'s kind where one of that width has it (Q4_1 -> Q5_1, int4-g64-asym -> int3-g64-asym,
+    nf4-dq -> nf4-dq); else the target's first format of that width."""
+    from coalora.quant.targets import get_target
+
+    legal = get_target(target).legal_formats(shape)
+    width = min({format_bits(f) for f in legal}, key=lambda w: (abs(w - bits), -w))
+    same = [f for f in legal if format_bits(f) == width]
+    kind = re.sub(r"\d+", "#", current, count=1)
+    return next((f for f in same if re.sub(r"\d+", "#", f, count=1) == kind), same[0])
+
+
+def target_block_bits(config: Configuration) -> list[int]:
+    """(n_blocks,) the bit width most of each block's matrices' formats state, shown on the
+    sliders (2..8: wider formats, fp16 and up, show as 8)."""
+    out = []
+    for b in range(config.space.n_blocks):
+        widths = Counter(format_bits(config.format(m.name)) for m in config.space.matrices if m.block == b)
+        out.append(min(max(widths.most_common(1)[0][0], 2), 8) if widths else 4)
+    return out
+
+
+def with_target_bits(engine: Engine, config: Configuration, bits_of: dict[str, int]) -> Configuration:
+    """A target configuration with some matrices (by name) moved to the format closest to the
+    given bit width (format_for_bits)."""
+    shape = {m.name: m.shape for m in config.space.matrices}
+    return config.with_formats({n: format_for_bits(engine, config.target, shape[n], config.format(n), b)
+                                for n, b in bits_of.items()})
+
+
 def _check_target(target: str) -> str:
     if target not in TARGETS:
         raise gr.Error(f"deployment target {target!r} is unknown; allowed: {', '.join(TARGETS)}")
@@ -259,18 +322,6 @@ def apply_target(engine: Engine, state: SessionState, target: str, fmt: str | No
         raise gr.Error(f"format {fmt!r} is not legal for every projection under target {target}; allowed: {', '.join(formats)}")
     config = engine.space.target_configuration(target, fmt)
     return [*config_outputs(engine, state, config), f"{target}: {fmt} on all {engine.space.n_matrices} projections."]
-
-
-def apply_target_allocation(engine: Engine, state: SessionState, target: str, budget: float) -> list[Any]:
-    """The target's ILP allocation for the bit budget (in the runtime's real bytes)."""
-    if _check_target(target) == "coalora":
-        raise gr.Error("pick a deployment target first (bnb, gguf or torchao); for the NF-k space use "
-                       "'Allocate for this budget' above")
-    try:
-        config, note = engine.allocate_target(target, budget)
-    except CoaloraError as e:
-        raise _err(e) from None
-    return [*config_outputs(engine, state, config), note]
 
 
 def verify_line(engine: Engine, state: SessionState) -> str:

@@ -96,12 +96,13 @@ def build_app(engine: Engine) -> gr.Blocks:
                     target = gr.Radio([(h.TARGET_LABELS[t], t) for t in h.TARGETS], value="coalora",
                                       label="Target", elem_id="target",
                                       info="bnb, gguf and torchao formats are simulated bit for bit as their runtime "
-                                           "dequantizes them; the sliders and the GP front stay in coalora's NF-k space")
+                                           "dequantizes them. Under a target the block sliders, attention / MLP bits, "
+                                           "presets and 'Allocate for this budget' pick that target's legal formats "
+                                           "(the closest bit width each matrix may hold; fp16 and wider show as 8); "
+                                           "the GP front stays coalora's NF-k one")
                     target_fmt = gr.Dropdown([], value=None, label="Format on every projection", elem_id="target-format",
                                              interactive=True)
-                    with gr.Row():
-                        target_btn = gr.Button("Use this format", size="sm")
-                        target_alloc_btn = gr.Button("Allocate within the target for the bit budget", size="sm")
+                    target_btn = gr.Button("Use this format", size="sm")
                     verify_btn = gr.Button("Verify in runtime (export, score there and here)", size="sm",
                                            elem_id="verify-btn")
                     target_note = gr.Markdown("", elem_id="target-note")
@@ -157,8 +158,6 @@ def build_app(engine: Engine) -> gr.Blocks:
                            trigger_mode="always_last", api_visibility="private"))
         chain(gr.on([target_btn.click, target_fmt.input], partial(h.apply_target, engine), [state, target, target_fmt],
                     [*cfg_out, target_note], trigger_mode="always_last", api_visibility="private"))
-        chain(target_alloc_btn.click(partial(h.apply_target_allocation, engine), [state, target, budget],
-                                     [*cfg_out, target_note], api_visibility="private"))
         verify_btn.click(zerogpu.gpu(partial(h.verify_line, engine), 120), [state], [target_note],
                          api_visibility="private")
         evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)

@@ -263,3 +263,20 @@ def test_cli_space_target(tmp_path, capsys):
     assert "nf4 x13, int8 x1" in capsys.readouterr().out
     with pytest.raises(ConfigError, match=r"model.layers.0.self_attn.q_proj \[64, 64\].*multiple of 256"):
         cli_space.run(argparse.Namespace(model=str(tmp_path), config="TQ1_0", json=True, target="gguf"))
+
+
+def test_closest_format_keeps_the_kind_and_goes_up_on_ties():
+    from coalora.quant.targets import get_target
+    from coalora.quant.targets.base import format_bits
+
+    gguf, tao, bnb = get_target("gguf"), get_target("torchao"), get_target("bnb")
+    assert [format_bits(f) for f in ("nf4", "Q5_1", "int3-g32", "F16", "MXFP4", "TQ1_0")] == [4, 5, 3, 16, 4, 1]
+    assert gguf.closest_format((576, 576), 5, like="Q4_1") == "Q5_1"
+    assert gguf.closest_format((576, 576), 5, like="Q4_0") == "Q5_0"
+    assert gguf.closest_format((576, 576), 3, like="Q4_1") == "Q4_1"  # no 3-bit type for 576-wide rows: 4 (ties up)
+    assert gguf.closest_format((576, 576), 6, like="Q4_0") == "Q5_0"  # 5 is closer than 8
+    assert tao.closest_format((576, 576), 3, like="int4-g64-asym") == "int3-g64-asym"
+    assert tao.closest_format((576, 576), 2, like="bf16") == "int2-g32"  # another kind: the first of that width
+    assert bnb.closest_format((576, 576), 8, like="nf4") == "int8"
+    assert bnb.closest_format((576, 576), 4, like="fp4-dq") == "fp4-dq"
+    assert bnb.closest_format((576, 576), 2) == "nf4"

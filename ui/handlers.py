@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from collections import Counter
 from contextlib import closing
 from typing import Any, Iterator
@@ -20,6 +19,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from coalora.errors import CoaloraError
+from coalora.quant.targets.base import format_bits
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
 from coalora.space import ATTENTION_TYPES, MLP_TYPES, Configuration
 from coalora.errors import ConfigError
@@ -143,12 +143,12 @@ def apply_sliders(engine: Engine, state: SessionState, *values: float) -> list[A
         raise gr.Error(f"expected {len(now)} block sliders, got {len(values)}")
     changes: dict[str, int] = {}
     for b, v in enumerate(values):
-        want = round(float(v)) if target else snap_bits(v)  # a target snaps per matrix (format_for_bits)
+        want = round(float(v)) if target else snap_bits(v)  # a target snaps per matrix (Target.closest_format)
         if want != now[b]:
             changes.update({m.name: want for m in config.space.matrices if m.block == b})
     if not changes:
         return config_outputs(engine, state, config)
-    return config_outputs(engine, state, with_target_bits(engine, config, changes) if target else with_bits(config, changes))
+    return config_outputs(engine, state, with_target_bits(config, changes) if target else with_bits(config, changes))
 
 
 def apply_override(engine: Engine, state: SessionState, group: str, bits: Any) -> list[Any]:
@@ -158,7 +158,7 @@ def apply_override(engine: Engine, state: SessionState, group: str, bits: Any) -
     b = snap_bits(bits)
     which = {m.name: b for m in config.space.matrices if m.module_type in types}
     if config.target != "coalora":
-        return config_outputs(engine, state, with_target_bits(engine, config, which))
+        return config_outputs(engine, state, with_target_bits(config, which))
     return config_outputs(engine, state, with_bits(config, which))
 
 
@@ -188,7 +188,7 @@ def apply_preset(engine: Engine, state: SessionState, name: str) -> list[Any]:
         return config_outputs(engine, state, preset)
     config = current_config(engine, state)
     bits = {"min": 1, "max": 32}.get(name, majority(preset, "bits"))
-    return config_outputs(engine, state, with_target_bits(engine, config, {m.name: bits for m in config.space.matrices}))
+    return config_outputs(engine, state, with_target_bits(config, {m.name: bits for m in config.space.matrices}))
 
 
 def apply_allocation(engine: Engine, state: SessionState, budget: float, method: str) -> list[Any]:
@@ -261,24 +261,6 @@ TARGET_LABELS = {"coalora": "coalora NF-k (the sliders; simulated only)", "bnb":
 DEFAULT_TARGET_FORMAT = {"bnb": "nf4", "gguf": "Q4_0", "torchao": "int4-g32"}
 
 
-def format_bits(fmt: str) -> int:
-    """The bit width a target format's name states (nf4, Q5_1, int3-g32, F16, MXFP4 -> 4, 5, 3, 16, 4)."""
-    return int(re.search(r"\d+", fmt).group())
-
-
-def format_for_bits(engine: Engine, target: str, shape: tuple[int, ...], current: str, bits: int) -> str:
-    """The format of `target` legal for `shape` closest to `bits` wide (ties go up), keeping
-    `current`'s kind where one of that width has it (Q4_1 -> Q5_1, int4-g64-asym -> int3-g64-asym,
-    nf4-dq -> nf4-dq); else the target's first format of that width."""
-    from coalora.quant.targets import get_target
-
-    legal = get_target(target).legal_formats(shape)
-    width = min({format_bits(f) for f in legal}, key=lambda w: (abs(w - bits), -w))
-    same = [f for f in legal if format_bits(f) == width]
-    kind = re.sub(r"\d+", "#", current, count=1)
-    return next((f for f in same if re.sub(r"\d+", "#", f, count=1) == kind), same[0])
-
-
 def target_block_bits(config: Configuration) -> list[int]:
     """(n_blocks,) the bit width most of each block's matrices' formats state, shown on the
     sliders (2..8: wider formats, fp16 and up, show as 8)."""
@@ -289,11 +271,13 @@ def target_block_bits(config: Configuration) -> list[int]:
     return out
 
 
-def with_target_bits(engine: Engine, config: Configuration, bits_of: dict[str, int]) -> Configuration:
+def with_target_bits(config: Configuration, bits_of: dict[str, int]) -> Configuration:
     """A target configuration with some matrices (by name) moved to the format closest to the
-    given bit width (format_for_bits)."""
-    shape = {m.name: m.shape for m in config.space.matrices}
-    return config.with_formats({n: format_for_bits(engine, config.target, shape[n], config.format(n), b)
+    given bit width (Target.closest_format, keeping each one's kind)."""
+    from coalora.quant.targets import get_target
+
+    target, shape = get_target(config.target), {m.name: m.shape for m in config.space.matrices}
+    return config.with_formats({n: target.closest_format(shape[n], b, like=config.format(n))
                                 for n, b in bits_of.items()})
 
 

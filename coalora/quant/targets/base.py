@@ -12,6 +12,7 @@ length in_features (GGUF's ne[0]).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,15 @@ class TargetFormat:
     name: str
     block_size: int
     description: str
+
+
+def format_bits(fmt: str) -> int:
+    """The bit width a format's name states (nf4, Q5_1, int3-g32, F16, MXFP4 -> 4, 5, 3, 16, 4)."""
+    return int(re.search(r"\d+", fmt).group())
+
+
+def _kind(fmt: str) -> str:
+    return re.sub(r"\d+", "#", fmt, count=1)  # Q4_1 -> Q#_1, int4-g64-asym -> int#-g64-asym
 
 
 class Target:
@@ -50,6 +60,15 @@ class Target:
     def legal_formats(self, shape: tuple[int, ...]) -> tuple[str, ...]:
         """The formats a tensor of `shape` may hold, in `formats` order."""
         return tuple(f for f in self.formats if self._shape_problem(f, tuple(shape)) is None)
+
+    def closest_format(self, shape: tuple[int, ...], bits: int, like: str | None = None) -> str:
+        """The format legal for `shape` whose bit width is closest to `bits` (ties go up),
+        of `like`'s kind where one of that width has it (Q4_1 -> Q5_1, int4-g64-asym ->
+        int3-g64-asym), else the first of that width in `formats` order."""
+        legal = self.legal_formats(shape)
+        width = min({format_bits(f) for f in legal}, key=lambda w: (abs(w - bits), -w))
+        same = [f for f in legal if format_bits(f) == width]
+        return next((f for f in same if like is not None and _kind(f) == _kind(like)), same[0])
 
     def check(self, fmt: str, shape: tuple[int, ...], tensor: str = "tensor") -> None:
         """Raise ConfigError naming the tensor, its shape and the legal formats if `fmt`

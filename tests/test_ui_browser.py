@@ -77,6 +77,19 @@ def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
             page.wait_for_function("() => document.querySelector('#report').innerText.includes('final')",
                                    timeout=120_000)
             assert "Reportable" in page.inner_text("#report") and "test rows" in page.inner_text("#report")
+            # a deployment target: its default format applied and evaluated, then a slider speaks its formats
+            page.get_by_text("Deployment target: a format a runtime loads").click()
+            page.get_by_label("torchao: transformers + torchao").check()
+            page.wait_for_function("() => document.querySelector('#size-line').innerText.includes('torchao')",
+                                   timeout=60_000)
+            assert "int4-g32 x" in page.inner_text("#size-line")
+            page.wait_for_function(
+                """() => { const m = document.querySelector('#size-line').innerText.match(/configuration ([0-9a-f]{16})/);
+                           return m && document.querySelector('#points').innerText.includes(m[1]); }""", timeout=120_000)
+            box = page.locator("#block-0 input[type=range]").bounding_box()
+            page.mouse.click(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # block 0 -> 8 bits
+            page.wait_for_function("() => document.querySelector('#size-line').innerText.includes('int8-g32')",
+                                   timeout=60_000)
             page.wait_for_timeout(1000)
             assert errors == []
             ARTIFACTS.mkdir(exist_ok=True)

@@ -6,8 +6,8 @@
                          adapter.lora.alpha; tensors <tensor>.lora_a (r, in), .lora_b (out, r))
     tensor-types.txt     the same choice as a `llama-quantize --tensor-type-file` recipe
 
-The target tensors are quantized from the base model's own weights (the ones coalora
-simulates from) with the gguf package's quantizer, so `coalora verify --target gguf` can
+The target tensors are quantized from the model's original weights as loaded (the ones
+coalora's switcher simulates from) with the gguf package's quantizer, so `coalora verify --target gguf` can
 prove every tensor in base.gguf dequantizes to coalora's simulated weights bit for bit.
 Llama-architecture GGUFs store q / k rows permuted for llama.cpp's rope (as llama.cpp's
 convert_hf_to_gguf writes them); the base's and lora_b's q / k rows get that permutation.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,38 +85,12 @@ class GgufLayout:
         return w
 
 
-def base_weights(model_name: str, modules: list[str], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, weight (out, in)) from the base model's safetensors, in `dtype` (the dtype the
-    model was loaded in, i.e. what coalora's switcher simulates from)."""
-    from safetensors import safe_open
-
-    from coalora.deploy.base import base_model_dir
-
-    files = sorted(base_model_dir(model_name).glob("*.safetensors"))
-    where = {}
-    for f in files:
-        with safe_open(str(f), "pt") as h:
-            for k in h.keys():
-                where[k] = f
-    for m in modules:
-        key = f"{m}.weight"
-        if key not in where:
-            raise ConfigError(f"weight {key!r} not found in the base model's safetensors")
-        with safe_open(str(where[key]), "pt") as h:
-            yield m, h.get_tensor(key).to(dtype)
-
-
-def _quantize(w: torch.Tensor, fmt: str) -> np.ndarray:
-    from coalora.quant.targets.gguf import quantize_blocks
-
-    return quantize_blocks(w, fmt)
-
-
 def write_gguf(model, config, folder: Path, gguf_base: str | Path | None = None) -> tuple[list[str], list[str]]:
     """Write base.gguf, adapter.gguf and tensor-types.txt into `folder` -> (approximations, commands)."""
     import gguf
 
     from coalora.deploy.base import weights_dtype
+    from coalora.quant.targets.gguf import quantize_blocks
 
     src = source_gguf(model.space.model_name, gguf_base)
     reader = gguf.GGUFReader(src)
@@ -129,22 +102,23 @@ def write_gguf(model, config, folder: Path, gguf_base: str | Path | None = None)
     if missing:
         raise ConfigError(f"{str(src)!r} has no tensor {missing[0]!r}: it is not a GGUF of {model.space.model_name}")
     dtype = getattr(torch, weights_dtype(model))
-    qtype = {m: gguf.GGMLQuantizationType[config.format(m)] for m in modules}
 
-    quantized: dict[str, np.ndarray] = {}
-    for m, w in base_weights(model.space.model_name, modules, dtype):
+    quantized: dict[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] = {}  # GGUF tensor name -> (blocks, type)
+    for m in modules:
         t = have[gguf_name[m]]
-        rows = layout.to_gguf_rows(m, w)
+        # the weights as loaded, which coalora's switcher simulates from (gguf_tensor_check compares the same)
+        rows = layout.to_gguf_rows(m, model.switcher.originals[m].to(dtype))
         if tuple(int(d) for d in reversed(t.shape)) != tuple(rows.shape):
             raise ConfigError(f"{gguf_name[m]} is {list(reversed(t.shape))} in {str(src)!r} but {m} is {list(rows.shape)}")
-        quantized[gguf_name[m]] = _quantize(rows, config.format(m))
+        fmt = config.format(m)
+        quantized[gguf_name[m]] = (quantize_blocks(rows, fmt), gguf.GGMLQuantizationType[fmt])
 
     writer = gguf.GGUFWriter(folder / BASE_FILE, layout.arch)
     _copy_fields(reader, writer)
     for t in reader.tensors:
         if t.name in quantized:
-            m = next(k for k, v in gguf_name.items() if v == t.name)
-            writer.add_tensor(t.name, quantized[t.name], raw_dtype=qtype[m])
+            blocks, qtype = quantized[t.name]
+            writer.add_tensor(t.name, blocks, raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     _finish(writer)

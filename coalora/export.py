@@ -117,22 +117,36 @@ def export_peft(model: CoaLoraModel, config: Configuration, out_dir: str | Path,
     return out
 
 
+def export_name(model_name: str, config: Configuration, tag: str = "") -> str:
+    """A file-name-safe export name: coalora-<model>[-<tag>]-<configuration hash>."""
+    import re
+
+    model = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_name).name)
+    return f"coalora-{model}{'-' + tag if tag else ''}-{config.hash}"
+
+
+def zip_folder(src: Path, zpath: Path, compresslevel: int | None = None,
+               extra: dict[str, str] | None = None) -> Path:
+    """Every file under `src` into the zip `zpath` below a top folder named as `src`, plus
+    `extra` {name: text} at the zip's root -> zpath."""
+    import zipfile
+
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as z:
+        for f in sorted(src.rglob("*")):
+            z.write(f, f"{src.name}/{f.relative_to(src)}")
+        for name, text in (extra or {}).items():
+            z.writestr(name, text)
+    return zpath
+
+
 def export_zip(model: CoaLoraModel, config: Configuration, folder: str | Path, model_name: str) -> Path:
     """`config`'s peft adapter folder plus its configuration JSON as one zip inside `folder`
     (a fresh folder the caller owns and later deletes) -> the zip's path. The zip's name
     says the model and the configuration hash."""
-    import re
-    import zipfile
-
     folder = Path(folder)
-    name = f"coalora-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(model_name).name)}-{config.hash}"
-    export_peft(model, config, folder / name)
-    zpath = folder / f"{name}.zip"
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted((folder / name).rglob("*")):
-            z.write(f, f"{name}/{f.relative_to(folder / name)}")
-        z.writestr(f"{name}.configuration.json", config.to_json())
-    return zpath
+    name = export_name(model_name, config)
+    out = export_peft(model, config, folder / name)
+    return zip_folder(out, folder / f"{name}.zip", extra={f"{name}.configuration.json": config.to_json()})
 
 
 def load_peft_export(out_dir: str | Path, base_model: torch.nn.Module | None = None,

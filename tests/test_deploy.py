@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from coalora.cli import main
-from coalora.deploy import CONFIGURATION_FILE, check_export_target, export
+from coalora.deploy import check_export_target, export
 from coalora.deploy.gguf import ADAPTER_FILE, BASE_FILE, TENSOR_TYPES_FILE, GgufLayout, llama_permute, tensor_type_recipe
 from coalora.deploy.report import REPORT_JSON, REPORT_MD
 from coalora.deploy.verify import compare, gguf_tensor_check, load_with_script
 from coalora.errors import ConfigError, OutputExistsError
+from coalora.export import CONFIGURATION_FILE
 from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
 from coalora.models import load_model
 from coalora.space import ConfigSpace

@@ -19,7 +19,6 @@ from coalora.io import atomic_folder
 
 EXPORT_TARGETS = ("peft", "bnb", "gguf", "torchao")
 EXAMPLE_CONFIG = {"bnb": "bnb:nf4", "gguf": "gguf:Q4_0", "torchao": "torchao:int4-g32"}
-CONFIGURATION_FILE = "configuration.json"
 
 
 def check_export_target(target: str, config) -> None:
@@ -39,6 +38,7 @@ def export(model, config, target: str, out: str | Path, force: bool = False,
     """Write `config`'s export for `target` into the folder `out` (refused if it exists,
     unless `force`) -> out. model: a CoaLoraModel; config: one of its space's configurations."""
     from coalora.deploy.report import build_report, write_report
+    from coalora.export import CONFIGURATION_FILE
 
     check_export_target(target, config)
     model._check_space(config)
@@ -71,22 +71,16 @@ def export_zip(model, config, folder: str | Path, model_name: str, target: str |
                gguf_base: str | Path | None = None) -> Path:
     """`config`'s export for `target` (default: the configuration's own target; peft for the
     NF-k space) as one zip inside `folder` (a fresh folder the caller owns) -> the zip's path."""
-    import re
-    import zipfile
+    from coalora.export import export_name, zip_folder
+    from coalora.export import export_zip as peft_zip
 
     target = target or ("peft" if config.target == "coalora" else config.target)
     if target == "peft":
-        from coalora.export import export_zip as peft_zip
-
         return peft_zip(model, config, folder, model_name)
     folder = Path(folder)
-    name = f"coalora-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(model_name).name)}-{target}-{config.hash}"
+    name = export_name(model_name, config, target)
     out = export(model, config, target, folder / name, gguf_base=gguf_base)
-    zpath = folder / f"{name}.zip"
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:  # GGUF barely compresses
-        for f in sorted(out.rglob("*")):
-            z.write(f, f"{name}/{f.relative_to(out)}")
-    return zpath
+    return zip_folder(out, folder / f"{name}.zip", compresslevel=1)  # GGUF barely compresses
 
 
-__all__ = ["export_zip", "CONFIGURATION_FILE", "EXAMPLE_CONFIG", "EXPORT_TARGETS", "check_export_target", "export"]
+__all__ = ["export_zip", "EXAMPLE_CONFIG", "EXPORT_TARGETS", "check_export_target", "export"]

@@ -135,8 +135,8 @@ class Engine:
         from coalora.quant.targets import get_target
 
         t = get_target(target)
-        shapes = {m.shape for m in self.space.matrices}
-        return tuple(f for f in t.formats if all(f in t.legal_formats(sh) for sh in shapes))
+        legal = set.intersection(*(set(t.legal_formats(sh)) for sh in {m.shape for m in self.space.matrices}))
+        return tuple(f for f in t.formats if f in legal)
 
     def allocate_target(self, target: str, budget: float) -> tuple[Configuration, str]:
         """The target's ILP allocation for `budget` bits per weight (its real bytes), from the

@@ -21,7 +21,7 @@ class SessionState:
 
     config: list[list[int]] | None = None
     # a deployment target's configuration, when one is current: {"target": T, "formats": [...]}
-    # (`config` then keeps the last NF-k configuration, which the sliders edit)
+    # (`config` then keeps the last NF-k configuration, restored when target coalora is picked)
     target: dict[str, Any] | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
     current: dict[str, Any] | None = None

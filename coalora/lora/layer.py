@@ -44,9 +44,9 @@ class CoaLoraLinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         self.M: torch.Tensor | None = None  # (r, r); a plain attribute, never saved
         self.enabled = True  # False: the base projection alone (CoaLoraModel.disable_adapter)
-        # Merged weight (out, in) in the compute dtype, reused in place across configurations;
+        # Merged weight (out, in) in the compute dtype, an entry of CoaLoraModel's merged LRU;
         # a plain attribute (not a buffer: never saved, not moved by .to()). CoaLoraModel
-        # fills it (`merge_into_buffer`) and sets `use_merged` for the duration of one forward.
+        # sets it (from `merged`) and sets `use_merged` for the duration of one forward.
         self.merged_weight: torch.Tensor | None = None
         self.merged_key: tuple | None = None  # what merged_weight was built from (CoaLoraModel._merge_key)
         self.use_merged = False

@@ -198,9 +198,6 @@ class WeightSwitcher:
         self.originals = Originals({n: mod.weight for n, mod in self.modules.items()},
                                    limits.compact_originals if compact is None else compact)
         self.current: dict[str, tuple | None] = {n: None for n in self.modules}  # a weight key or None
-        # Bumped each time a matrix's weight is written: CoaLoraModel's merged inference
-        # weights are keyed by it (a tensor's address can be reused after a cache eviction).
-        self.generation: dict[str, int] = {n: 0 for n in self.modules}
         self.cache_bytes = limits.switcher_cache_bytes if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[_Key, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
@@ -313,7 +310,6 @@ class WeightSwitcher:
                 self.release(m.name)  # made when first needed
             else:
                 self.param(m.name).data = self._compute(m.name)
-            self.generation[m.name] += 1
             changed += 1
         return changed
 

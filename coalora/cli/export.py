@@ -16,16 +16,29 @@ TARGET_HELP = (
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
-    """--model, --target and --gguf-base, shared with `coalora verify`."""
+    """--checkpoint, --config, --model, --target and --gguf-base, shared with `coalora verify`."""
     from coalora.cli.common import add_model_arg
     from coalora.deploy import EXPORT_TARGETS
 
+    p.add_argument("--checkpoint", default="default",
+                   help="checkpoint folder written by `coalora train` (default: the bundled 'default')")
+    p.add_argument("--config", required=True, help=config_help())
     add_model_arg(p, checkpoint="required")
 
     p.add_argument("--target", default="peft", choices=EXPORT_TARGETS, help=TARGET_HELP)
     p.add_argument("--gguf-base", default=None, metavar="FILE",
                    help="--target gguf: a GGUF of the base model to copy metadata, tokenizer and the "
                         "other tensors from (default: the embedded model's own GGUF)")
+
+
+def check_target_config(args: argparse.Namespace) -> None:
+    """Refuse a bad --config for --target from the checkpoint's metadata and the base's
+    config alone, before any weight is loaded."""
+    from coalora.deploy import check_export_target
+    from coalora.lora.checkpoint import checkpoint_space, read_metadata
+
+    folder, meta = read_metadata(args.checkpoint)
+    check_export_target(args.target, checkpoint_space(folder, meta, args.model).load(args.config))
 
 
 def register(sub) -> None:
@@ -40,9 +53,6 @@ def register(sub) -> None:
             "and renamed when complete. Check an export with `coalora verify`."
         ),
     )
-    p.add_argument("--checkpoint", default="default",
-                   help="checkpoint folder written by `coalora train` (default: the bundled 'default')")
-    p.add_argument("--config", required=True, help=config_help())
     add_target_args(p)
     p.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -50,13 +60,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coalora.deploy import check_export_target, export
-    from coalora.lora.checkpoint import checkpoint_space, load_checkpoint, read_metadata
+    from coalora.deploy import export
+    from coalora.lora.checkpoint import load_checkpoint
 
     # Cheap checks first: refuse before loading any model.
     out = check_new_folder(args.out, "--out", force=args.force)
-    folder, meta = read_metadata(args.checkpoint)
-    check_export_target(args.target, checkpoint_space(folder, meta, args.model).load(args.config))
+    check_target_config(args)
     model, _, meta = load_checkpoint(args.checkpoint, quiet=False, base_model=args.model)
     config = model.space.load(args.config)
     export(model, config, args.target, out, force=args.force, gguf_base=args.gguf_base)

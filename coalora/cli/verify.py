@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from coalora.cli.common import check_writable_file, config_help
+from coalora.cli.common import check_writable_file
 
 
 def register(sub) -> None:
@@ -24,9 +24,6 @@ def register(sub) -> None:
             "the largest log-probability difference. The rows are the task's dev quick-eval rows."
         ),
     )
-    p.add_argument("--checkpoint", default="default",
-                   help="checkpoint folder written by `coalora train` (default: the bundled 'default')")
-    p.add_argument("--config", required=True, help=config_help())
     add_target_args(p)
     p.add_argument("--task", default="sst2", help="a label task: sst2 (default) or boolq")
     p.add_argument("--rows", type=int, default=None, help="how many quick-eval rows (default: all 174 of SST-2's)")
@@ -38,16 +35,15 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coalora.deploy import check_export_target
+    from coalora.cli.export import check_target_config
     from coalora.deploy.verify import verify
     from coalora.errors import ConfigError
-    from coalora.lora.checkpoint import checkpoint_space, load_for_eval, read_metadata
+    from coalora.lora.checkpoint import load_for_eval
 
     if args.rows is not None and args.rows < 1:
         raise ConfigError(f"--rows has value {args.rows}; allowed: an integer >= 1")
     out = check_writable_file(args.out, "--out") if args.out else None
-    folder, meta = read_metadata(args.checkpoint)
-    check_export_target(args.target, checkpoint_space(folder, meta, args.model).load(args.config))
+    check_target_config(args)
     loaded = load_for_eval(args.checkpoint, args.model, quiet=False)
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.space.load(args.config)

@@ -28,7 +28,7 @@ from coalora.quant.nf import FAMILIES
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, QuantSetting
 from coalora.quant.storage import packed_bytes
 from coalora.quant.targets import TARGETS, get_target
-from coalora.quant.targets.proxy import theta_proxy
+from coalora.quant.targets.proxy import theta_format_index, theta_proxy
 
 CONFIG_FORMAT = "coalora.configuration/v1"
 DEFAULT_TARGET = "coalora"  # coalora's own NF-k / INT-k space: plain Configuration
@@ -328,6 +328,12 @@ class Configuration:
         """(n_matrices, 5) long tensor of field indices (columns in FIELD_NAMES order)."""
         return torch.tensor([s.to_indices() for s in self.settings], dtype=torch.long)
 
+    def encode_format(self) -> torch.Tensor:
+        """(n_matrices, 2) long: each matrix's format kind and exact bits as rows of θ's
+        extra tables (coalora.quant.targets.proxy.THETA_FORMATS, THETA_BITS)."""
+        return torch.tensor([theta_format_index(DEFAULT_TARGET, f"{self.family}:{s.bits}") for s in self.settings],
+                            dtype=torch.long)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON object: the most common setting as "default", other matrices as overrides."""
         default = Counter(self.settings).most_common(1)[0][0]
@@ -423,8 +429,8 @@ class TargetConfiguration(Configuration):
     space.matrices), every one legal for its matrix's shape.
 
     `settings` holds each format's θ proxy (coalora.quant.targets.proxy: the nearest NF-k
-    setting, what θ and the (n_matrices, 5) encoding see until θ is retrained over the
-    targets); the weights are the target's exact simulation (WeightSwitcher) and the bytes
+    setting, the (n_matrices, 5) encoding; a θ with theta_inputs "targets" also sees
+    encode_format, the format's kind and exact bits); the weights are the target's exact simulation (WeightSwitcher) and the bytes
     its storage accounting. Built by ConfigSpace.target_configuration / from_dict / load.
     """
 
@@ -496,6 +502,10 @@ class TargetConfiguration(Configuration):
         return sum(meta(f) for f in self.formats) if meta else 0
 
     # ---- encodings --------------------------------------------------------------------
+    def encode_format(self) -> torch.Tensor:
+        """(n_matrices, 2) long: each format's kind and exact bits (θ's extra inputs)."""
+        return torch.tensor([theta_format_index(self.target, f) for f in self.formats], dtype=torch.long)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON object: the target, its most common format as "default", others as overrides."""
         default = Counter(self.formats).most_common(1)[0][0]

@@ -227,3 +227,24 @@ def test_checkpoint_files_get_plain_permissions(saved):
     assert {f.name for f in files} >= {"adapter.safetensors", "checkpoint.json"}
     for f in files:
         assert os.stat(f).st_mode & 0o777 == plain_mode(), f.name
+
+
+def test_a_checkpoint_saved_before_the_target_inputs_loads_with_the_nf_inputs(tmp_path, tiny_model_dir):
+    """A checkpoint whose metadata lacks lora.theta_inputs (saved before θ embedded the
+    target formats) gets θ's 7 NF-k inputs back, and computes what it computed then; a
+    target configuration reaches it through its NF-k proxy only."""
+    cm = trained_model(tiny_model_dir, LoraSpec(rank=4, theta_inputs="nf"))
+    assert cm.theta.n_inputs == 7
+    path = save_checkpoint(cm, tmp_path / "old")
+    meta = json.loads((path / "checkpoint.json").read_text())
+    del meta["lora"]["theta_inputs"]  # as an older coalora wrote it
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    loaded, _, _ = load_checkpoint(path)
+    assert loaded.spec.theta_inputs == "nf" and loaded.theta.n_inputs == 7
+    config = cm.space.sample(1, seed=5)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_U(loaded.space.decode(config.encode())), cm.compute_U(config))
+        nf4, fp4 = (loaded.space.target_configuration("bnb", f) for f in ("nf4", "fp4"))
+        assert torch.equal(loaded.compute_U(nf4), loaded.compute_U(fp4))  # same proxy, nothing else seen
+    new = trained_model(tiny_model_dir)
+    assert new.spec.theta_inputs == "targets" and new.theta.n_inputs == 9

@@ -70,3 +70,24 @@ def test_architecture_describes_the_network(theta):
     assert arch["embedding"] == 8 and arch["hidden"] == 128 and arch["n_blocks"] == 30
     assert arch["n_params"] == sum(p.numel() for p in theta.parameters())
     assert arch["inputs"][-2:] == ["module_type", "block"]
+
+
+def test_target_inputs_add_format_and_exact_bits():
+    """inputs="targets": 9 columns (format kind and exact bits after the 5 fields); the
+    architecture names them; a kind or bits row changes U; bad input names the allowed values."""
+    from coalora.errors import ConfigError
+    from coalora.quant.targets.proxy import THETA_BITS, THETA_FORMATS
+
+    theta = ConfigHyperNet(n_blocks=30, rank=16, generator=torch.Generator().manual_seed(0), inputs="targets",
+                           init_std=0.1)
+    assert theta.architecture()["inputs"][5:7] == ["format", "exact_bits"] and theta.n_inputs == 9
+    s = list(QuantSetting().to_indices())
+    nf4 = s + [THETA_FORMATS.index("nf"), THETA_BITS.index(4), MODULE_TYPES.index("q_proj"), 0]
+    q4_1 = s + [THETA_FORMATS.index("gguf-offset"), THETA_BITS.index(4), MODULE_TYPES.index("q_proj"), 0]
+    q5_1 = s + [THETA_FORMATS.index("gguf-offset"), THETA_BITS.index(5), MODULE_TYPES.index("q_proj"), 0]
+    U = theta(torch.tensor([nf4, q4_1, q5_1]))
+    assert not torch.allclose(U[0], U[1]) and not torch.allclose(U[1], U[2])
+    with pytest.raises(ValueError, match=r"shape \(N, 9\)"):
+        theta(torch.tensor([nf4[:7]]))
+    with pytest.raises(ConfigError, match="'nf', 'targets'|nf, targets"):
+        ConfigHyperNet(n_blocks=2, rank=2, inputs="gguf")

@@ -40,7 +40,7 @@ def tiny_base(tmp_path_factory, real_model_dir):
 def small_args(tiny_base, out, **kw):
     base = dict(model=tiny_base, task="sst2", out=str(out), steps=6, epoch_steps=3, batch_size=4,
                 max_length=64, n_configs=4, rank=4, alpha=8.0, theta_hidden=16, save_every=0,
-                precision="fp32", search=False, dev_rows=8, limit_rows=48, lr=2e-2, cache_gb=0.1)
+                precision="fp32", search=False, dev_rows=8, limit_rows=48, lr=2e-2, cache_gb=0.1, targets="none")
     base.update(kw)
     return TrainArgs(**base)
 
@@ -94,6 +94,47 @@ def test_search_at_epoch_end_replaces_the_training_set_within_the_bit_range(tiny
     # Steps after the search draw only from the new set.
     later = [b for r in log if r.get("step", 0) > 2 and "avg_bits" in r for b in r["avg_bits"]]
     assert later and all(round(b, 3) in final for b in later)
+
+
+def test_targets_join_the_training_set_and_survive_the_search(tiny_base, tmp_path):
+    """--targets adds each target's uniform training formats and mixtures to CoA-LoRA's set;
+    steps draw them; θ is saved with the format inputs; the epoch-end search replaces only
+    the NF-k part, so the target configurations are still trained on afterwards."""
+    from coalora.lora.checkpoint import load_checkpoint
+    from coalora.space import TargetConfiguration
+    from coalora.train.configs import TARGET_TRAIN_FORMATS
+
+    args = small_args(tiny_base, tmp_path / "t", method="coalora", steps=8, epoch_steps=4, search=True,
+                      search_iterations=1, search_batch=2, bit_range=(3.0, 6.0), n_configs=3, targets="bnb,torchao")
+    train(args, progress=False)
+    meta = json.loads((tmp_path / "t" / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["lora"]["theta_inputs"] == "targets"
+    assert meta["theta"]["inputs"][5:7] == ["format", "exact_bits"]
+    model, _, _ = load_checkpoint(str(tmp_path / "t" / "checkpoint"))
+    final = [model.space.from_dict(c) for c in meta["training"]["train_set"]]
+    targets = [c for c in final if isinstance(c, TargetConfiguration)]
+    n_uniform = len(TARGET_TRAIN_FORMATS["bnb"]) + len(TARGET_TRAIN_FORMATS["torchao"])
+    assert {c.target for c in targets} == {"bnb", "torchao"} and len(targets) >= n_uniform
+    assert len(final) > len(targets)  # the searched NF-k part is there too
+    log = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    drawn = {h for r in log if "configs" in r for h in r["configs"]}
+    assert drawn & {c.hash for c in targets} and drawn - {c.hash for c in targets}
+    # θ tells two formats with the same NF-k proxy apart (nf4 and fp4 of bnb both map to
+    # NF4 with fp32 scales per 64): their inputs and adjustments differ.
+    nf4, fp4 = (model.space.target_configuration("bnb", f) for f in ("nf4", "fp4"))
+    assert torch.equal(nf4.encode(), fp4.encode())
+    assert not torch.equal(model.codes(nf4), model.codes(fp4))
+    with torch.no_grad():
+        assert not torch.equal(model.compute_U(nf4), model.compute_U(fp4))
+
+
+def test_targets_option_is_checked():
+    with pytest.raises(ConfigError, match="'targets' has value 'bnb,ggml'.*allowed.*gguf"):
+        TrainArgs(out="x", targets="bnb,ggml")
+    assert TrainArgs(out="x", targets="none").target_names == ()
+    assert TrainArgs(out="x").target_names == ("bnb", "gguf", "torchao")
+    # A run folder written before --targets existed resumes as NF-k-only training.
+    assert TrainArgs.from_dict({"out": "x"}).target_names == ()
 
 
 def test_within_bit_range_keeps_the_allocators_end_points():

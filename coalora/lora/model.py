@@ -103,7 +103,7 @@ class CoaLoraModel(nn.Module):
         device = next(iter(self.adapted.values())).lora_A.weight.device
         self.theta = (
             ConfigHyperNet(space.n_blocks, self.spec.rank, self.spec.theta_hidden, self.spec.theta_embed,
-                           self.spec.theta_init_std, generator=g).to(device)
+                           self.spec.theta_init_std, generator=g, inputs=self.spec.theta_inputs).to(device)
             if self.spec.use_theta else None
         )
         static = [(MODULE_TYPES.index(m.module_type), m.block) for m in space.matrices]
@@ -112,7 +112,7 @@ class CoaLoraModel(nn.Module):
         self.has_adapter = True  # False: a zero adapter standing in for "no checkpoint" (for_base)
         self.configuration: Configuration | None = None
         self._configured = False  # set_configuration was called (config may be None: weights as loaded)
-        self._codes: torch.Tensor | None = None  # (N, 7) of the current configuration
+        self._codes: torch.Tensor | None = None  # (N, K) θ inputs of the current configuration
         self._theta_in_graph = False
         self._theta_version: tuple[int, ...] | None = None
         self.merge_for_inference = True  # False: always the unmerged path (benchmarks, parity tests)
@@ -190,9 +190,15 @@ class CoaLoraModel(nn.Module):
 
     # ---- configurations --------------------------------------------------------------
     def codes(self, config: Configuration) -> torch.Tensor:
-        """(N, 7) long: the 5 field indices, module type index, block index per matrix."""
+        """(N, K) long, θ's input per matrix: the 5 field indices; with spec.theta_inputs ==
+        "targets" the format kind and exact-bits rows (Configuration.encode_format); the
+        module type index and the block index. K = 7 or 9."""
         self._check_space(config)
-        return torch.cat([config.encode().to(self._static_codes.device), self._static_codes], dim=1)
+        parts = [config.encode()]
+        if self.spec.theta_inputs == "targets":
+            parts.append(config.encode_format())
+        device = self._static_codes.device
+        return torch.cat([p.to(device) for p in parts] + [self._static_codes], dim=1)
 
     def compute_U(self, config: Configuration) -> torch.Tensor:
         """θ's (N, r, r) adjustments for `config` (zeros without θ), float32, in the graph

@@ -18,9 +18,12 @@ class LoraSpec:
     use_theta:      False gives plain LoRA (U = 0; no θ): the per-configuration and
                     Shared-LoRA baselines
     theta_hidden:   width of θ's hidden layer
-    theta_embed:    size of each of θ's 7 input embeddings
+    theta_embed:    size of each of θ's input embeddings
     theta_init_std: std of θ's last Linear at init (bias 0), so M = I + U ≈ I
     seed:           seeds the initialisation of A and θ (B starts at 0)
+    theta_inputs:   "targets" (θ also embeds each deployment format's kind and exact bits,
+                    9 inputs) or "nf" (the 5 NF-k fields only, 7 inputs: checkpoints saved
+                    before the targets existed, whose metadata lacks this field)
     """
 
     rank: int = 16
@@ -31,6 +34,7 @@ class LoraSpec:
     theta_embed: int = 8
     theta_init_std: float = 1e-3
     seed: int = 0
+    theta_inputs: str = "targets"
 
     def __post_init__(self) -> None:
         for name in ("rank", "theta_hidden", "theta_embed"):
@@ -48,6 +52,8 @@ class LoraSpec:
             raise ConfigError(f"LoraSpec field 'use_theta' has value {self.use_theta!r}; allowed: true or false")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"LoraSpec field 'seed' has value {self.seed!r}; allowed: an integer")
+        if self.theta_inputs not in ("nf", "targets"):
+            raise ConfigError(f"LoraSpec field 'theta_inputs' has value {self.theta_inputs!r}; allowed: 'nf', 'targets'")
 
     @property
     def scaling(self) -> float:
@@ -64,4 +70,6 @@ class LoraSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown LoraSpec field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**dict(d))
+        # A checkpoint saved before θ embedded the target formats has no theta_inputs: its θ
+        # was built with the NF-k inputs only.
+        return cls(**{"theta_inputs": "nf", **dict(d)})

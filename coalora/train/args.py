@@ -64,6 +64,10 @@ class TrainArgs:
     search_batch: int = _opt(4, "configurations proposed per GP round")
     dev_rows: int = _opt(64, "dev rows scoring candidates in the search")
     max_configs: int = _opt(24, "cap on the training set after a search")
+    targets: str = _opt("bnb,gguf,torchao", "comma-separated deployment targets whose formats CoA-LoRA and "
+                        "Shared-LoRA also train on (each target's uniform training formats and random per-matrix "
+                        "mixtures of them, coalora.train.configs.TARGET_TRAIN_FORMATS), so θ learns them; "
+                        "'none': coalora's NF-k space only")
     cache_gb: float = _opt(4.0, "memory for cached quantized weights")
     limit_rows: int | None = _opt(None, "use only the first N train rows (smoke runs)")
 
@@ -96,6 +100,18 @@ class TrainArgs:
             bad("lr", "a number > 0")
         if self.limit_rows is not None and self.limit_rows < 2:
             bad("limit_rows", "an integer >= 2, or unset")
+        from coalora.quant.targets import TARGETS
+
+        names = self.target_names
+        if not isinstance(self.targets, str) or any(t not in TARGETS for t in names) or len(set(names)) != len(names):
+            bad("targets", f"'none' or comma-separated distinct names among {', '.join(TARGETS)}")
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """--targets as a tuple of target names (() for 'none')."""
+        if not isinstance(self.targets, str) or self.targets.strip() in ("", "none"):
+            return ()
+        return tuple(t.strip() for t in self.targets.split(","))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,7 +125,8 @@ class TrainArgs:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown train option(s) {', '.join(unknown)}")
-        d = dict(d)
+        # A run saved before --targets existed trained on the NF-k space only.
+        d = {"targets": "none", **dict(d)}
         for key in ("shared_bits", "bit_range"):
             if key in d:
                 d[key] = tuple(d[key])

@@ -1,10 +1,14 @@
 """Fixed configuration sets for training: spread over the bit range, or at given bit-widths.
 
-Preferred source: the budget allocator (coalora.search.allocate.allocate_lagrangian, the
+NF-k configurations: preferably from the budget allocator (coalora.search.allocate.allocate_lagrangian, the
 Lagrangian relaxation of the ILP) on the model's cost table, so each configuration has
 (near) the least quantization error for its budget. Without a cost table
 (a large model whose table was never computed) we fall back to stratified random
 configurations, and say so in the returned `source`.
+
+Deployment-target configurations (target_train_configs): for each target, every one of its
+training formats (TARGET_TRAIN_FORMATS) on all matrices, and random per-matrix mixtures of
+them, so θ (with theta_inputs "targets") learns each format it will be asked about.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Sequence
 import torch
 
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
-from coalora.space import ConfigSpace, Configuration
+from coalora.space import ConfigSpace, Configuration, TargetConfiguration
 
 # The research code spreads budgets over 2.25-7.25 bits. On SmolLM2-135M, 2.25 bits destroys
 # the model (SST-2 label loss 22.6 nats vs 2.6 at 4.75 bits, measured in a smoke run), and
@@ -80,3 +84,40 @@ def stratified_nearest(space: ConfigSpace, budget: float, seed: int = 0, tries: 
         if best.avg_bits < c.avg_bits <= budget:
             best = c
     return best
+
+
+# The formats a target's training configurations use: the ones users deploy (4 to 8 bits);
+# 1-3-bit formats (ternary, int2) destroy SmolLM2 and would swamp the summed gradients, as
+# the NF-k range's lower end does (SPREAD_RANGE).
+TARGET_TRAIN_FORMATS: dict[str, tuple[str, ...]] = {
+    "bnb": ("nf4", "nf4-dq", "fp4", "int8"),
+    "gguf": ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
+    "torchao": ("int3-g32", "int4-g32", "int5-g32", "int4-g64-asym", "int8-g32"),
+}
+
+
+def _legal(space: ConfigSpace, target: str, fmt: str, shape: tuple[int, ...]) -> str:
+    """`fmt`, or the closest legal format of its kind where a tensor of `shape` cannot hold it."""
+    from coalora.quant.targets import get_target
+    from coalora.quant.targets.base import format_bits
+
+    t = get_target(target)
+    return fmt if fmt in t.legal_formats(shape) else t.closest_format(shape, format_bits(fmt), like=fmt)
+
+
+def target_train_configs(space: ConfigSpace, targets: Sequence[str], n_mixtures: int = 2,
+                         seed: int = 0) -> list[TargetConfiguration]:
+    """Per target: each of TARGET_TRAIN_FORMATS[target] on every matrix, then `n_mixtures`
+    configurations whose every matrix draws one of those formats at random (seeded).
+    A format a matrix's shape cannot hold is replaced by the closest legal one."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[TargetConfiguration] = []
+    for target in targets:
+        formats = TARGET_TRAIN_FORMATS[target]
+        for fmt in formats:
+            out.append(TargetConfiguration(space, target, [_legal(space, target, fmt, m.shape) for m in space.matrices]))
+        for _ in range(n_mixtures):
+            picks = torch.randint(len(formats), (space.n_matrices,), generator=g).tolist()
+            out.append(TargetConfiguration(space, target, [_legal(space, target, formats[i], m.shape)
+                                                           for i, m in zip(picks, space.matrices)]))
+    return list(dict.fromkeys(out))

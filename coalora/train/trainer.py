@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from coalora.errors import ConfigError, OutputExistsError
+from coalora.space import TargetConfiguration
 from coalora.train.args import TrainArgs
 from coalora.train.examples import Example, collate, lm_examples, pad_id_of, task_examples
 from coalora.train.objective import dev_losses, masked_loss
@@ -270,14 +271,20 @@ def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: s
 def initial_train_set(args: TrainArgs, space: Any, model: torch.nn.Module) -> tuple[list, str]:
     """The configurations of the first epoch and where they came from (-> (configs, source)):
     --config for lora, the allocator at --shared-bits for shared, budgets spread over
-    --bit-range for coalora. Fixed sets come from the ILP on the unwrapped model's weights."""
-    from coalora.train.configs import configs_at_bits, spread_configs
+    --bit-range for coalora; for both of those, plus the --targets' training configurations.
+    Fixed sets come from the ILP on the unwrapped model's weights."""
+    from coalora.train.configs import configs_at_bits, spread_configs, target_train_configs
 
     if args.method == "lora":
         return [space.load(args.config)], "fixed (--config)"
     if args.method == "shared":
-        return configs_at_bits(space, args.shared_bits, model, args.seed)
-    return spread_configs(space, args.n_configs, model, args.seed, args.bit_range)
+        configs, source = configs_at_bits(space, args.shared_bits, model, args.seed)
+    else:
+        configs, source = spread_configs(space, args.n_configs, model, args.seed, args.bit_range)
+    if args.target_names:
+        targets = target_train_configs(space, args.target_names, seed=args.seed)
+        configs, source = configs + targets, f"{source} + {len(targets)} of targets {', '.join(args.target_names)}"
+    return configs, source
 
 
 def _restore(run: TrainRun) -> None:
@@ -374,7 +381,9 @@ def validate(run: TrainRun) -> None:
     args = run.args
     run.history.append(_epoch_end(run))
     if args.method == "coalora" and args.search and run.step < args.steps:
-        run.train_set = _search(run)
+        # The search moves the NF-k part of the set; the targets' configurations stay.
+        kept = [c for c in run.train_set if isinstance(c, TargetConfiguration)]
+        run.train_set = _search(run) + kept
     run.inner.train()
 
 
@@ -431,7 +440,8 @@ def _search(run: TrainRun) -> list:
     t0 = time.time()
     payload: list[Any] = [None]
     if run.main:  # one process searches; the others receive its choice (identical training sets)
-        result = search(lambda cs: dev_losses(inner, cs, dev_batch), space, initial=train_set,
+        nf_set = [c for c in train_set if not isinstance(c, TargetConfiguration)]  # the GP's space is NF-k
+        result = search(lambda cs: dev_losses(inner, cs, dev_batch), space, initial=nf_set,
                         iterations=args.search_iterations, batch_size=args.search_batch, seed=args.seed + step)
         # Only configurations inside --bit-range: below it SmolLM2 is destroyed (losses of 10-20
         # nats that swamp the summed gradients; the comparison's search run picked a 2.37-bit one).
@@ -441,7 +451,7 @@ def _search(run: TrainRun) -> list:
             keep = torch.linspace(0, len(selected) - 1, args.max_configs).round().long().unique().tolist()
             selected = [selected[i] for i in keep]
         if len(selected) < 2:
-            selected = train_set  # a degenerate search must not shrink training to one configuration
+            selected = nf_set  # a degenerate search must not shrink training to one configuration
         _log(run.log_path, {"step": step, "event": "search", "pool": len(result.pool), "selected": len(selected),
                         "seconds": round(time.time() - t0, 1),
                         "selected_bits": sorted(round(c.avg_bits, 3) for c in selected)})

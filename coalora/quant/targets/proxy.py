@@ -1,28 +1,29 @@
-"""θ's input for a target format: the nearest NF-k setting (docs/targets.md, "θ under a target").
+"""θ's input for a target format (docs/targets.md, "θ under a target").
 
-θ (coalora/lora/hypernet.py) embeds the 5 fields of a QuantSetting; it has never seen a
-bitsandbytes or GGUF format. Until θ is retrained over the targets (issue #14, part 2, not
-done), a target configuration feeds θ, per matrix, the QuantSetting closest to its format,
-field by field:
+θ (coalora/lora/hypernet.py) embeds the 5 fields of a QuantSetting. A target format is given
+to it in two parts:
 
-- bits: the format's code bits rounded to the nearest of 2, 3, 4, 8 (5-bit types -> 4,
-  ternary -> 2, int8 -> 8); unquantised formats take the most precise setting (8);
-- scale_bits: 8 (the most precise code) for every format: bnb's fp32 absmax and GGUF's
-  fp16 / e8m0 block scales are not integer codes at all;
-- scale_format: the float format the scales (or, for bnb -dq, the nested absmax) are
-  stored in: fp32 for bnb, fp16 for GGUF's scales, bf16 for MXFP4's e8m0 (8 exponent bits);
-- block_size: the format's block along a row (64 for bnb 4-bit, 32 for the GGUF types),
-  64 (the largest we have) for per-row int8 and the 256-blocked ternary types;
-- scale_block_size: 256 for bnb -dq (its nested blocks are 256 absmax values), else 16,
-  the finest second-level group (the scales are not grouped at all).
-
-torchao (int1..int8 per group or row, bf16 scales, an int8 zero point): bits rounded as
-above (1 -> 2, 5 -> 4, 6 and 7 -> 8: ties go to the more precise setting), scale_format
-bf16, block_size the group (32, 64) or 64 for 128, 256 and per-row groups, scale_block 16;
-the asymmetric formats take the same setting (NF-k has no zero point).
-
-This is an approximation: θ's adjustment for, say, GGUF Q5_1 is the one it learned for
-NF4 with 8-bit scales in fp16 per 32 weights. It is a stand-in, not a trained input.
+1. Its nearest NF-k setting (THETA_PROXY), field by field, which is all a checkpoint trained
+   before θ knew the targets (LoraSpec.theta_inputs == "nf") sees:
+   - bits: the format's code bits rounded to the nearest of 2, 3, 4, 8 (5-bit types -> 4,
+     ternary -> 2, int8 -> 8); unquantised formats take the most precise setting (8);
+   - scale_bits: 8 (the most precise code) for every format: bnb's fp32 absmax and GGUF's
+     fp16 / e8m0 block scales are not integer codes at all;
+   - scale_format: the float format the scales (or, for bnb -dq, the nested absmax) are
+     stored in: fp32 for bnb, fp16 for GGUF's scales, bf16 for MXFP4's e8m0 (8 exponent bits);
+   - block_size: the format's block along a row (64 for bnb 4-bit, 32 for the GGUF types),
+     64 (the largest we have) for per-row int8 and the 256-blocked ternary types;
+   - scale_block_size: 256 for bnb -dq (its nested blocks are 256 absmax values), else 16,
+     the finest second-level group (the scales are not grouped at all).
+   torchao (int1..int8 per group or row, bf16 scales, an int8 zero point): bits rounded as
+   above (1 -> 2, 5 -> 4, 6 and 7 -> 8: ties go to the more precise setting), scale_format
+   bf16, block_size the group (32, 64) or 64 for 128, 256 and per-row groups, scale_block 16.
+2. Two fields that tell the formats apart (theta_inputs == "targets", issue #14 item 2):
+   `format`, the format's kind (THETA_FORMATS: coalora's NF-k or integer families, bnb's
+   nf4 / fp4 / int8, unquantised floats, GGUF's symmetric and offset legacy types, MXFP4,
+   ternary, torchao's symmetric and asymmetric integers), and `exact_bits`, the code width
+   the format stores (THETA_BITS: 1 ... 8, and 16 for every unquantised float). With them θ
+   can learn, say, Q5_1 apart from NF4, which the proxy alone maps to the same input.
 """
 
 from __future__ import annotations
@@ -81,3 +82,37 @@ def theta_proxy(target: str, fmt: str) -> QuantSetting:
         return THETA_PROXY[target][fmt]
     except KeyError:
         raise ConfigError(f"no θ input is defined for {target} format {fmt!r}") from None
+
+
+# The extra θ inputs of theta_inputs == "targets" (part 2 of the module docstring). Appending
+# values is safe; reordering or removing them changes what a trained θ's embedding rows mean.
+THETA_FORMATS: tuple[str, ...] = ("nf", "int", "float", "bnb-nf4", "bnb-fp4", "bnb-int8", "gguf-sym",
+                                  "gguf-offset", "gguf-mxfp4", "gguf-ternary", "torchao-sym", "torchao-asym")
+THETA_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+_FLOAT_FORMATS = {"fp16", "bf16", "fp32", "F32", "F16", "BF16"}
+_GGUF_KINDS = {"Q8_0": "gguf-sym", "Q5_0": "gguf-sym", "Q4_0": "gguf-sym", "Q5_1": "gguf-offset",
+               "Q4_1": "gguf-offset", "MXFP4": "gguf-mxfp4", "TQ2_0": "gguf-ternary", "TQ1_0": "gguf-ternary"}
+
+
+def theta_format(target: str, fmt: str) -> tuple[str, int]:
+    """(kind in THETA_FORMATS, bits in THETA_BITS) of format `fmt` of `target`; for the
+    NF-k space (target "coalora") `fmt` is "<family>:<bits>", e.g. "nf:4"."""
+    from coalora.quant.targets.base import format_bits
+
+    if target == "coalora":
+        family, _, bits = fmt.partition(":")
+        return family, int(bits)
+    theta_proxy(target, fmt)  # unknown formats fail here, naming the target and format
+    if fmt in _FLOAT_FORMATS:
+        return "float", 16
+    if target == "bnb":
+        return f"bnb-{fmt.split('-')[0]}", format_bits(fmt)
+    if target == "gguf":
+        return _GGUF_KINDS[fmt], {"TQ1_0": 1, "TQ2_0": 2}.get(fmt, format_bits(fmt))
+    return ("torchao-asym" if fmt.endswith("-asym") else "torchao-sym"), format_bits(fmt)
+
+
+def theta_format_index(target: str, fmt: str) -> tuple[int, int]:
+    """theta_format as row indices into THETA_FORMATS and THETA_BITS."""
+    kind, bits = theta_format(target, fmt)
+    return THETA_FORMATS.index(kind), THETA_BITS.index(bits)

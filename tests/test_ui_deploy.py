@@ -31,6 +31,25 @@ def test_target_formats_are_the_ones_legal_on_every_projection(engine):
         h.target_choices(engine, "onnx")
 
 
+def test_slider_hint_names_the_targets_bit_widths(engine):
+    assert h.slider_info(engine, "coalora") == h.NF_SLIDER_INFO
+    assert h.slider_info(engine, "bnb").startswith("bnb: the format of the nearest bit width (4, 8, 16;")
+    assert "(4, 5, 8, 16, 32;" in h.slider_info(engine, "gguf")  # Q4_*, Q5_*, Q8_0, F16/BF16, F32
+    with pytest.raises(gr.Error, match="allowed: coalora"):
+        h.slider_info(engine, "onnx")
+
+
+def test_the_points_table_names_each_points_formats(engine):
+    from ui.plots import points_table
+
+    rows = points_table([{"avg_bits": 4.0, "packed_bytes": 1, "value": 0.5, "stderr": 0.1, "n": 8, "method": "coalora",
+                          "config": {"target": "gguf"}},
+                         {"avg_bits": 4.0, "packed_bytes": 1, "value": 0.5, "stderr": 0.1, "n": 8, "method": "coalora",
+                          "config": {"default": {}}}])
+    assert [r["formats"] for r in rows] == ["NF-k", "gguf"]  # newest first
+    assert list(rows[0]).index("formats") == h.TABLE_HEADERS.index("formats")  # the column under its header
+
+
 def test_choosing_a_target_format_keeps_the_nf_configuration_for_later(engine):
     st = SessionState()
     nb = engine.space.n_blocks

@@ -281,6 +281,18 @@ def with_target_bits(config: Configuration, bits_of: dict[str, int]) -> Configur
                                 for n, b in bits_of.items()})
 
 
+NF_SLIDER_INFO = "2, 3, 4 or 8 (5-7 snap to the nearest)"
+
+
+def slider_info(engine: Engine, target: str) -> str:
+    """The block sliders' hint: what a slider value becomes under `target`."""
+    if _check_target(target) == "coalora":
+        return NF_SLIDER_INFO
+    widths = sorted({format_bits(f) for f in engine.target_formats(target)})
+    return (f"{target}: the format of the nearest bit width ({', '.join(map(str, widths))}; "
+            "same kind as the current one where it exists)")
+
+
 def _check_target(target: str) -> str:
     if target not in TARGETS:
         raise gr.Error(f"deployment target {target!r} is unknown; allowed: {', '.join(TARGETS)}")
@@ -364,7 +376,7 @@ def table(state: SessionState) -> list[list[Any]]:
 
 
 TABLE_HEADERS = ["avg_bits", "size_MB", "score", "stderr", "n", "predicted", "pred_std", "P(on front)", "test (reportable)",
-                 "method", "config_hash", "summary"]
+                 "method", "formats", "config_hash", "summary"]
 
 
 def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> str:

@@ -85,7 +85,7 @@ def build_app(engine: Engine) -> gr.Blocks:
                     with gr.Accordion(f"Blocks {start}-{stop - 1}: weight bits", open=start == 0):
                         for b in range(start, stop):
                             sliders.append(gr.Slider(2, 8, value=values0[b], step=1, label=f"Block {b} bits",
-                                                     info="2, 3, 4 or 8 (5-7 snap to the nearest)" if b == 0 else None,
+                                                     info=h.NF_SLIDER_INFO if b == 0 else None,
                                                      elem_id=f"block-{b}"))
                 with gr.Accordion("Advanced: per-module-type overrides and other fields", open=False):
                     attn = gr.Radio(list(h.BITS), value=values0[space.n_blocks], label="Attention (q, k, v, o) bits, all blocks")
@@ -198,7 +198,10 @@ def build_app(engine: Engine) -> gr.Blocks:
 def _target_fn(engine: Engine, state: SessionState, target: str) -> list:
     """A new target: its format menu, and its default format applied (coalora: back to NF-k)."""
     formats, default = h.target_choices(engine, target)
-    return [gr.update(choices=formats, value=default), *h.apply_target(engine, state, target, default)]
+    out = h.apply_target(engine, state, target, default)
+    first_slider = 3  # apply_target's outputs are cfg_out's: state, size, download, then the sliders
+    out[first_slider] = gr.update(value=out[first_slider], info=h.slider_info(engine, target))
+    return [gr.update(choices=formats, value=default), *out]
 
 
 def _field_fn(engine: Engine, name: str, state: SessionState, value):

@@ -161,7 +161,10 @@ def points_table(points: Sequence[dict[str, Any]], reports: dict[str, dict[str, 
             "predicted": None if not pred else round(pred[0], 4), "pred_std": None if not pred else round(pred[1], 4),
             "P(on front)": extra.get("p_front"),
             "test (reportable)": None if rep is None else f"{rep['value']:.4f} ± {rep['stderr']:.4f} (n={rep['n']})",
-            "method": r.get("method"), "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
+            "method": r.get("method"),
+            # which runtime's formats: a deployment target's name, or NF-k (coalora's own format)
+            "formats": (r.get("config") or {}).get("target") or "NF-k",
+            "config_hash": r.get("config_hash"), "summary": extra.get("summary", ""),
         })
     return rows
 

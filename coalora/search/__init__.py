@@ -8,4 +8,6 @@ Modules (import what you need; botorch is imported only inside gp / acquisition 
   acquisition  log-EHVI over (f1, exact avg_bits) and discrete local search
   front        the GP-predicted front for a grid of bit budgets (JSON for the app)
   loop         search(objective, space, initial, iterations) -> segmented Pareto set
+  target_alloc allocation inside a deployment target (its formats, real bytes)
+  target_search the Pareto search inside a deployment target (its own GP features, discrete proposals)
 """

@@ -15,7 +15,7 @@ each chosen one becomes a pending point of the next (BoTorch X_pending).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -78,6 +78,22 @@ def build_acquisition(surrogate: Surrogate, kind: str = "qlognehvi", n_samples: 
 
     Input X of the returned function: (b, q, 5 * M) normalised encodings. -> (b,) values.
     """
+    bits_of = ExactBits(surrogate.space)
+    return log_ehvi(surrogate.model, normalise(surrogate.train_idx), surrogate.train_y, bits_of(surrogate.train_idx),
+                    bits_of.from_normalised, kind, n_samples, seed, ref)
+
+
+def log_ehvi(model, X_baseline: torch.Tensor, train_y: torch.Tensor, train_bits: torch.Tensor,
+             bits_of_inputs: Callable[[torch.Tensor], torch.Tensor], kind: str = "qlognehvi",
+             n_samples: int = 64, seed: int = 0, ref: torch.Tensor | None = None):
+    """BoTorch log-EHVI over (-f1, -bits) for any GP of f1 whose inputs determine the bits.
+
+    `model`: a fitted BoTorch model of f1; `X_baseline`: (n, D) its training inputs, with
+    observed `train_y` (n,) f1 and exact `train_bits` (n,). `bits_of_inputs`: (..., D) model
+    inputs -> (...,) exact avg_bits (never modelled). Shared by the NF-k search
+    (build_acquisition) and the target search (coalora.search.target_search), so both score
+    candidates by one definition. -> an acquisition of X (b, q, D) -> (b,).
+    """
     from botorch.acquisition.multi_objective.logei import (
         qLogExpectedHypervolumeImprovement,
         qLogNoisyExpectedHypervolumeImprovement,
@@ -88,28 +104,26 @@ def build_acquisition(surrogate: Surrogate, kind: str = "qlognehvi", n_samples: 
 
     if kind not in ACQUISITIONS:
         raise ConfigError(f"acquisition {kind!r} is unknown; allowed values are {', '.join(ACQUISITIONS)}")
-    bits_of = ExactBits(surrogate.space)
 
     def objective(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
         # samples (..., q, 1) f1 draws; X (..., q, D) -> (..., q, 2) objectives to MAXIMISE
-        bits = bits_of.from_normalised(X).to(samples)  # (b, q), broadcast over sample dims
+        bits = bits_of_inputs(X).to(samples)  # (b, q), broadcast over sample dims
         return torch.stack([-samples[..., 0], -bits.expand(samples.shape[:-1])], dim=-1)
 
-    train_bits = bits_of(surrogate.train_idx)  # (n,)
     if ref is None:
-        ref = reference_point(surrogate.train_y, train_bits)
+        ref = reference_point(train_y, train_bits)
     ref_max = -ref  # maximisation convention
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([n_samples]), seed=seed)
     mc_obj = GenericMCMultiOutputObjective(objective)
     if kind == "qlognehvi":
         return qLogNoisyExpectedHypervolumeImprovement(
-            model=surrogate.model, ref_point=ref_max.tolist(), X_baseline=normalise(surrogate.train_idx),
+            model=model, ref_point=ref_max.tolist(), X_baseline=X_baseline,
             sampler=sampler, objective=mc_obj, prune_baseline=True, cache_root=False,
         )
-    y_obs = torch.stack([-surrogate.train_y, -train_bits], dim=-1)  # (n, 2)
+    y_obs = torch.stack([-train_y, -train_bits], dim=-1)  # (n, 2)
     part = FastNondominatedPartitioning(ref_point=ref_max, Y=y_obs)
     return qLogExpectedHypervolumeImprovement(
-        model=surrogate.model, ref_point=ref_max.tolist(), partitioning=part, sampler=sampler, objective=mc_obj,
+        model=model, ref_point=ref_max.tolist(), partitioning=part, sampler=sampler, objective=mc_obj,
     )
 
 

@@ -152,13 +152,21 @@ def _additive_kernel(d: int):
 
 def make_feature_transform(space: ConfigSpace, design: str, errors: torch.Tensor | None = None):
     """A BoTorch InputTransform applying ConfigFeatures (train, eval and fantasize)."""
+    return feature_transform(ConfigFeatures(space, design, errors))
+
+
+def feature_transform(features: torch.nn.Module):
+    """A BoTorch InputTransform applying `features` (a module with a `design` attribute that
+    maps the model's inputs (..., D) to kernel features (..., k)) in train, eval and fantasize.
+    The model keeps the full encoding as its input, so the acquisition can compute exact bits
+    from it; the target search (coalora.search.target_search) wraps its own features here."""
     base = _input_transform_base()
 
     class _Transform(base, torch.nn.Module):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__()
             self.transform_on_train = self.transform_on_eval = self.transform_on_fantasize = True
-            self.features = ConfigFeatures(space, design, errors)
+            self.features = features
 
         def transform(self, X: torch.Tensor) -> torch.Tensor:
             return self.features(X)
@@ -228,6 +236,21 @@ def binomial_variance(y: torch.Tensor, rows: int) -> torch.Tensor:
     return p * (1.0 - p) / rows
 
 
+def observed_f1(configs: Sequence[Configuration], values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """The f1 values a GP is fitted to, checked: (n,) float64 for n >= 2 configurations, all
+    finite (ConfigError otherwise). Shared by fit_surrogate and the target search's GP."""
+    if not configs:
+        raise ConfigError("the GP needs evaluated configurations; got none")
+    y = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if y.numel() != len(configs):
+        raise ConfigError(f"{len(configs)} configurations but {y.numel()} values")
+    if len(configs) < 2:
+        raise ConfigError(f"the GP needs at least 2 evaluated configurations; got {len(configs)}")
+    if not torch.isfinite(y).all():
+        raise ConfigError("the f1 values contain NaN or inf; evaluate those configurations again")
+    return y
+
+
 def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | torch.Tensor,
                   space: ConfigSpace | None = None, seed: int = 0, maxiter: int = 200,
                   design: str | None = None, noise: str = DEFAULT_NOISE, costs=None,
@@ -249,16 +272,8 @@ def fit_surrogate(configs: Sequence[Configuration], values: Sequence[float] | to
     from botorch.models.transforms.outcome import Standardize
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    if not configs:
-        raise ConfigError("the GP needs evaluated configurations; got none")
+    y = observed_f1(configs, values)
     space = space or configs[0].space
-    y = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    if y.numel() != len(configs):
-        raise ConfigError(f"{len(configs)} configurations but {y.numel()} values")
-    if len(configs) < 2:
-        raise ConfigError(f"the GP needs at least 2 evaluated configurations; got {len(configs)}")
-    if not torch.isfinite(y).all():
-        raise ConfigError("the f1 values contain NaN or inf; evaluate those configurations again")
     idx = index_matrix(configs, space)  # (n, D)
     varied = (idx != idx[:1]).any(0)
     columns = torch.nonzero(varied).reshape(-1)

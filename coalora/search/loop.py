@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from coalora.errors import ConfigError
 from coalora.metrics import to_error
@@ -121,16 +121,31 @@ def search(
     seed: int = 0,
     on_evaluated: Callable[[list[Configuration], list[float]], None] | None = None,
     progress: bool = False,
+    *,
+    fit: Callable[[Pool, int], Any] | None = None,
+    proposer: Callable[[Any, int, int], list[Configuration]] | None = None,
+    bit_range: tuple[float, float] = (BITS_MIN, BITS_MAX),
+    desc: str = "configuration search",
 ) -> SearchResult:
     """Grow `pool` (a new one if None) by `iterations` rounds of `batch_size` proposals.
 
     `initial` configurations not yet in the pool are evaluated first. `on_evaluated` sees
     every evaluated batch (e.g. to write result records). -> SearchResult.
+    The NF-k search by default; another space's search (coalora.search.target_search) gives
+    `fit(pool, seed) -> surrogate`, `proposer(surrogate, n, seed) -> new configurations`
+    (never ones in the pool) and the `bit_range` of its segmented selection, and reuses the
+    rest (evaluation, pool, callbacks, progress, history).
     """
     if iterations < 0 or batch_size < 1:
         raise ConfigError(f"iterations ({iterations}) must be >= 0 and batch_size ({batch_size}) >= 1")
     pool = pool if pool is not None else Pool(space)
     space.check_fingerprint(pool.space.fingerprint, "the pool", pool.space.model_name)
+    if fit is None:
+        def fit(pool: Pool, seed: int) -> Surrogate:
+            return fit_surrogate(pool.configs, pool.values, space, seed=seed)
+    if proposer is None:
+        def proposer(surrogate: Surrogate, n: int, seed: int) -> list[Configuration]:
+            return propose(surrogate, n, acquisition, n_starts, max_steps, n_samples, seed=seed)
 
     def run(configs: list[Configuration]) -> None:
         if not configs:
@@ -153,12 +168,12 @@ def search(
     if progress:
         from tqdm import tqdm
 
-        rounds = tqdm(rounds, desc="configuration search", unit="round")
+        rounds = tqdm(rounds, desc=desc, unit="round")
     for it in rounds:
         t0 = time.perf_counter()
-        surrogate = fit_surrogate(pool.configs, pool.values, space, seed=seed + it)
+        surrogate = fit(pool, seed + it)
         t_fit = time.perf_counter() - t0
-        new = propose(surrogate, batch_size, acquisition, n_starts, max_steps, n_samples, seed=seed + it)
+        new = proposer(surrogate, batch_size, seed + it)
         t_prop = time.perf_counter() - t0 - t_fit
         run(new)
         history.append({"iteration": it, "pool": len(pool), "proposed": len(new), "fit_s": round(t_fit, 3),
@@ -166,8 +181,8 @@ def search(
         if not new:
             break  # nothing left to propose: every neighbour is evaluated
     if len(pool) >= 2:
-        surrogate = fit_surrogate(pool.configs, pool.values, space, seed=seed + iterations)
-    return SearchResult(pool, select(pool, n_segments), surrogate, history)
+        surrogate = fit(pool, seed + iterations)
+    return SearchResult(pool, select(pool, n_segments, bit_range), surrogate, history)
 
 
 def pool_from_records(path: str | Path, space: ConfigSpace, task: str | None = None) -> Pool:

@@ -191,20 +191,21 @@ def test_ratio_stderr_reduces_to_stderr_of_mean_for_equal_denominators():
     assert harness.ratio_stderr(x, y) == pytest.approx(want, rel=1e-6)
 
 
-def test_chunk_sizes_grow_and_sum():
-    assert harness.chunk_sizes(128) == [8, 16, 32, 64, 8]
-    assert harness.chunk_sizes(128, first=16) == [16, 32, 64, 16]
+def test_chunk_sizes_are_a_first_estimate_then_the_rest():
+    assert harness.chunk_sizes(174) == [8, 166]  # the quick eval: first estimate, final
+    assert harness.chunk_sizes(262) == [8, 254]
+    assert harness.chunk_sizes(128, first=16) == [16, 112]
     assert harness.chunk_sizes(10) == [8, 2]
     assert harness.chunk_sizes(10, first=16) == [10]
-    assert sum(harness.chunk_sizes(1000)) == 1000
+    assert harness.chunk_sizes(1000) == [8, 256, 256, 256, 224]
 
 
 # ---- streaming ---------------------------------------------------------------------------------
 def test_streaming_yields_growing_n_and_ends_with_the_full_estimate(lm):
     model, tok = lm
     ests = list(iter_quick_eval(model, tok, "sst2", n=56, dtype="fp32"))
-    assert [e.n for e in ests] == [8, 24, 56]
-    assert [e.done for e in ests] == [False, False, True]
+    assert [e.n for e in ests] == [8, 56]  # the first estimate, then the rest in one chunk
+    assert [e.done for e in ests] == [False, True]
     assert all(e.seconds > 0 for e in ests)
     assert [e.seconds for e in ests] == sorted(e.seconds for e in ests)
     last = ests[-1]

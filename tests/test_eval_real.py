@@ -11,7 +11,7 @@ def test_sst2_quick_eval_of_the_real_model_is_sensible(real_model):
     model, tok = real_model
     ests = list(iter_quick_eval(model, tok, "sst2", n=64))
     last = ests[-1]
-    assert [e.n for e in ests] == [8, 24, 56, 64] and last.done
+    assert [e.n for e in ests] == [8, 64] and last.done
     # Zero-shot accuracy of this model on all 872 rows is 0.78 (docs/results.md); 64 rows
     # give a stderr of ~0.05, so 0.6 is ~3.5 stderrs below and chance (0.5) is excluded.
     assert 0.6 <= last.value <= 0.95

@@ -3,8 +3,8 @@
     for est in iter_quick_eval(model, tok, "sst2", n=128):   # one Estimate per chunk
         print(est.value, "+-", est.stderr, est.n, est.done)
 
-Rows are taken in their split's seeded order and processed in chunks of growing size
-(16, 32, 64, ... rows). Each chunk is a random sample of the part, so every streamed
+Rows are taken in their split's seeded order and processed in chunks: a small first one (the
+first estimate), then the rest in chunks of up to MAX_CHUNK rows. Each chunk is a random sample of the part, so every streamed
 estimate is unbiased; inside a chunk, rows are length-sorted into batches (padding waste
 stays small). A full eval runs one chunk: every row, globally length-sorted.
 
@@ -36,7 +36,12 @@ DEFAULT_N = 128
 # predicted front and `coalora eval --quick`; the test part stays for reported numbers.
 QUICK_ROWS = 174
 FIRST_CHUNK = 8  # rows behind the first streamed estimate (issue 4: first estimate < 0.5 s; bench/eval_speed.py)
-MAX_CHUNK = 128
+# After the first chunk, the rest in chunks of up to MAX_CHUNK rows: the quick eval's 174 rows
+# are 8 + 166, one first estimate and the final. Every chunk boundary costs a forward on
+# smaller, more padded batches (and its own prefix boundaries): the doubling chunks used
+# before (8, 16, 32, 64, 54) made a one-block slider move 1.4-1.5x slower to its final
+# score (issue 13; docs/benchmarks.md, "Fewer streamed estimates").
+MAX_CHUNK = 256
 MAX_TEXT_TOKENS = 1024
 # (batch_size, padded-token budget) per task kind: keeps a batch's fp32 logits under ~0.5 GB.
 BATCH = {"label": (64, 4096), "choice": (16, 2048), "lm": (16, 2048)}
@@ -233,12 +238,13 @@ def _summarise_text(scores: list[tuple[float, int, int]]) -> tuple[float, float,
 
 # ---- the streaming loop --------------------------------------------------------------------
 def chunk_sizes(n: int, first: int = FIRST_CHUNK, cap: int = MAX_CHUNK) -> list[int]:
-    """Chunk sizes summing to n: first, 2*first, 4*first, ... capped at `cap`."""
-    sizes, size, left = [], max(1, first), n
+    """Chunk sizes summing to n: `first`, then chunks of `cap` rows, the last one shorter."""
+    sizes, left = [], n
+    size = max(1, first)
     while left > 0:
         sizes.append(min(size, left))
         left -= sizes[-1]
-        size = min(2 * size, cap)
+        size = cap
     return sizes
 
 

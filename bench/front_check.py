@@ -28,8 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measured_values(paths: list[Path], split_hash: str) -> dict[str, float]:
-    """config hash -> accuracy from result-record files, on the front's rows only."""
+def measured_values(paths: list[Path], split_hash: str, sha256: str) -> dict[str, float]:
+    """config hash -> accuracy from result-record files, on the front's rows and with the
+    checkpoint whose tensors have `sha256` only (records name it `NAME@sha256:<16 hex>`)."""
+    label_end = f"@sha256:{sha256[:16]}"
     out: dict[str, float] = {}
     for path in paths:
         if not path.is_file():
@@ -39,7 +41,8 @@ def measured_values(paths: list[Path], split_hash: str) -> dict[str, float]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r.get("split_hash") == split_hash and r.get("config_hash"):
+            if r.get("split_hash") == split_hash and r.get("config_hash") and \
+                    str(r.get("checkpoint") or "").endswith(label_end):
                 out.setdefault(r["config_hash"], float(r["value"]))
     return out
 
@@ -70,8 +73,9 @@ def main() -> int:
     space = build_space_for(raw["model"])
     front = load_front(args.front, space)
     split_hash = front.meta["split_hash"]
-    in_pool = measured_values([args.pool], split_hash)
-    extra = measured_values([args.measured], split_hash)
+    sha = meta["tensors"]["sha256"]
+    in_pool = measured_values([args.pool], split_hash, sha)
+    extra = measured_values([args.measured], split_hash, sha)
     todo = [p for p in front.points if p.config.hash not in in_pool and p.config.hash not in extra]
     todo = list({p.config.hash: p for p in todo}.values())
     if todo:

@@ -11,7 +11,9 @@ default $COALORA_CACHE/app/observations.jsonl), COALORA_DEVICE (auto, cpu or cud
 coalora/device.py), COALORA_MODEL (where the checkpoint's base model is loaded from, as
 `--model` of `coalora search`: a local folder or a cached hub id, refused when its projections
 or weights differ from the checkpoint's; default: the model the checkpoint records; without a
-checkpoint, the base model to evaluate, default smollm2-135m). `python app.py --model M
+checkpoint, the base model to evaluate, default smollm2-135m), COALORA_PREFIX_MIB (the prefix
+cache in MiB, default 320: more lets concurrent sessions keep their prefixes, at that much
+more memory; coalora/lora/budget.py). `python app.py --model M
 --checkpoint C` sets COALORA_MODEL and COALORA_CHECKPOINT for this run.
 
 Memory (docs/app.md, "Memory"): main() caps glibc's malloc arenas before the app starts its
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     from ui.layout import build_app
 
     try:
+        budget.BUDGET = budget.from_env(env)  # COALORA_PREFIX_MIB, before the model is built
         engine = load_engine(env)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")

@@ -70,3 +70,18 @@ def test_engine_trims_when_it_switches_configuration_and_when_an_evaluation_ends
     assert len(calls) == 4
     it.close()  # superseded: its end still trims
     assert len(calls) == 5
+
+
+def test_prefix_budget_from_the_environment():
+    """COALORA_PREFIX_MIB sets the prefix cache (the rest of the budget kept); bad values name
+    the variable, the value and what is allowed."""
+    from coalora.errors import ConfigError
+
+    base = budget.MemoryBudget()
+    assert budget.from_env({}, base) == base and budget.from_env({"COALORA_PREFIX_MIB": " "}, base) == base
+    big = budget.from_env({"COALORA_PREFIX_MIB": "1024"}, base)
+    assert big.prefix_bytes == 1024 * budget.MiB and big.merged_cache_bytes == base.merged_cache_bytes
+    assert budget.from_env({"COALORA_PREFIX_MIB": "0"}, base).prefix_bytes == 0
+    for bad in ("-1", "lots", "1.5", str(2 ** 40)):
+        with pytest.raises(ConfigError, match=rf"COALORA_PREFIX_MIB has value '{bad}'; allowed: an integer of MiB"):
+            budget.from_env({"COALORA_PREFIX_MIB": bad}, base)

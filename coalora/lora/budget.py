@@ -44,6 +44,7 @@ import ctypes
 import ctypes.util
 import functools
 from dataclasses import dataclass
+from typing import Mapping
 
 MiB = 1 << 20
 
@@ -77,6 +78,29 @@ BUDGET = MemoryBudget()
 def current() -> MemoryBudget:
     """The module-level budget new models are built with (replace `BUDGET` to change it)."""
     return BUDGET
+
+
+def from_env(environ: Mapping[str, str], base: MemoryBudget | None = None) -> MemoryBudget:
+    """`base` (default: the current budget) with the prefix cache set by COALORA_PREFIX_MIB
+    (an integer >= 0 of MiB; 0 turns prefix reuse off), when that variable is set. More
+    prefix cache lets concurrent sessions keep their own prefixes (4 clients: 19.0 changes
+    a minute at 1024 MiB vs 16.1 at 320, for ~2.2 GB resident; docs/benchmarks.md)."""
+    from dataclasses import replace
+
+    from coalora.errors import ConfigError
+
+    base = base or current()
+    text = environ.get("COALORA_PREFIX_MIB")
+    if text is None or not text.strip():
+        return base
+    try:
+        mib = int(text.strip())
+    except ValueError:
+        mib = -1
+    if mib < 0 or mib > 1 << 20:
+        raise ConfigError(f"COALORA_PREFIX_MIB has value {text!r}; allowed: an integer of MiB from 0 to 1048576 "
+                          f"(default {base.prefix_bytes // MiB})")
+    return replace(base, prefix_bytes=mib * MiB)
 
 
 # ---- the allocator under the tensors (glibc malloc) ---------------------------------------

@@ -43,8 +43,9 @@ def checkpoint_arg(text: str) -> tuple[str, str]:
 def configurations(space) -> list[tuple[str, str, object]]:
     """(group, label, configuration) of every point, in report order."""
     from coalora.search.target_alloc import allocate_target, get_target_costs
-    from coalora.train.configs import TARGET_TRAIN_FORMATS, _legal
+    from coalora.quant.targets import get_target
     from coalora.space import TargetConfiguration
+    from coalora.train.configs import TARGET_TRAIN_FORMATS
 
     out = []
     for path in sorted((ROOT / "results" / "configs" / "compare").glob("ilp-*.json"), key=lambda p: float(p.stem[4:])):
@@ -52,7 +53,7 @@ def configurations(space) -> list[tuple[str, str, object]]:
     for target, formats in TARGET_TRAIN_FORMATS.items():
         for kind, fmts in (("trained", formats), ("unseen", UNSEEN[target])):
             for f in fmts:
-                c = TargetConfiguration(space, target, [_legal(space, target, f, m.shape) for m in space.matrices])
+                c = TargetConfiguration(space, target, [get_target(target).format_for(m.shape, f) for m in space.matrices])
                 out.append((target, f"{f} ({kind})", c))
         table = get_target_costs(space, target) if BUDGETS[target] else None
         for b in BUDGETS[target]:

@@ -280,3 +280,14 @@ def test_closest_format_keeps_the_kind_and_goes_up_on_ties():
     assert bnb.closest_format((576, 576), 8, like="nf4") == "int8"
     assert bnb.closest_format((576, 576), 4, like="fp4-dq") == "fp4-dq"
     assert bnb.closest_format((576, 576), 2) == "nf4"
+
+
+def test_format_for_keeps_a_legal_format_and_replaces_an_illegal_one_by_its_closest():
+    from coalora.quant.targets import get_target
+
+    gguf = get_target("gguf")
+    assert gguf.format_for((576, 576), "Q4_1") == "Q4_1"
+    # 256-blocked ternary cannot sit on 576-wide rows: the closest legal format of its width
+    assert "TQ2_0" not in gguf.legal_formats((576, 576))
+    assert gguf.format_for((576, 576), "TQ2_0") == gguf.closest_format((576, 576), 2, like="TQ2_0")
+    assert gguf.format_for((576, 1536), "TQ2_0") == "TQ2_0"  # down_proj's 1536-wide rows can

@@ -196,8 +196,7 @@ def uniform_configs(space: ConfigSpace, target: str) -> list[TargetConfiguration
     t = get_target(target)
     out: dict[TargetConfiguration, None] = {}
     for f in t.formats:
-        fmts = [f if f in t.legal_formats(m.shape) else t.closest_format(m.shape, format_bits(f), like=f)
-                for m in space.matrices]
+        fmts = [t.format_for(m.shape, f) for m in space.matrices]
         out.setdefault(TargetConfiguration(space, target, fmts), None)
     return list(out)
 

@@ -96,28 +96,21 @@ TARGET_TRAIN_FORMATS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _legal(space: ConfigSpace, target: str, fmt: str, shape: tuple[int, ...]) -> str:
-    """`fmt`, or the closest legal format of its kind where a tensor of `shape` cannot hold it."""
-    from coalora.quant.targets import get_target
-    from coalora.quant.targets.base import format_bits
-
-    t = get_target(target)
-    return fmt if fmt in t.legal_formats(shape) else t.closest_format(shape, format_bits(fmt), like=fmt)
-
-
 def target_train_configs(space: ConfigSpace, targets: Sequence[str], n_mixtures: int = 2,
                          seed: int = 0) -> list[TargetConfiguration]:
     """Per target: each of TARGET_TRAIN_FORMATS[target] on every matrix, then `n_mixtures`
     configurations whose every matrix draws one of those formats at random (seeded).
     A format a matrix's shape cannot hold is replaced by the closest legal one."""
+    from coalora.quant.targets import get_target
+
     g = torch.Generator().manual_seed(seed)
     out: list[TargetConfiguration] = []
     for target in targets:
-        formats = TARGET_TRAIN_FORMATS[target]
+        t, formats = get_target(target), TARGET_TRAIN_FORMATS[target]
         for fmt in formats:
-            out.append(TargetConfiguration(space, target, [_legal(space, target, fmt, m.shape) for m in space.matrices]))
+            out.append(TargetConfiguration(space, target, [t.format_for(m.shape, fmt) for m in space.matrices]))
         for _ in range(n_mixtures):
             picks = torch.randint(len(formats), (space.n_matrices,), generator=g).tolist()
-            out.append(TargetConfiguration(space, target, [_legal(space, target, formats[i], m.shape)
+            out.append(TargetConfiguration(space, target, [t.format_for(m.shape, formats[i])
                                                            for i, m in zip(picks, space.matrices)]))
     return list(dict.fromkeys(out))

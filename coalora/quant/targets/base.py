@@ -70,6 +70,11 @@ class Target:
         same = [f for f in legal if format_bits(f) == width]
         return next((f for f in same if like is not None and _kind(f) == _kind(like)), same[0])
 
+    def format_for(self, shape: tuple[int, ...], fmt: str) -> str:
+        """`fmt` where a tensor of `shape` may hold it, else the closest legal format of its
+        width and kind (closest_format): how a format meant for every matrix lands on each."""
+        return fmt if fmt in self.legal_formats(shape) else self.closest_format(shape, format_bits(fmt), like=fmt)
+
     def check(self, fmt: str, shape: tuple[int, ...], tensor: str = "tensor") -> None:
         """Raise ConfigError naming the tensor, its shape and the legal formats if `fmt`
         is unknown to this target or illegal for `shape`."""

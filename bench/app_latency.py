@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from hostinfo import cpu_name  # bench/hostinfo.py (bench/ is sys.path[0] when run as a script)
+
 POLL_S = 0.01  # how often a client looks at its job's outputs (the first-estimate resolution)
 
 
@@ -94,14 +96,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def machine() -> list[str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = "?"
     try:
         kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1])

@@ -26,18 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py; bench/ is sys.path[0] when run as a script)
 
 DEFAULT_SPECS = ["bnb:nf4", "bnb:nf4-dq", "bnb@4.3", "gguf:Q4_0", "gguf:Q4_1", "gguf@4.8",
                  "torchao:int4-g32", "torchao:int3-g32", "torchao:int4-g64-asym"]
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, load {os.getloadavg()[0]:.1f}"
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, load {os.getloadavg()[0]:.1f}"
 
 
 def resolve(space, spec: str):

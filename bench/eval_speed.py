@@ -14,23 +14,14 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py)
 
 
 def mc_speed(model, tok, task: str, rows: int, dtype: str) -> tuple[int, float, float, int]:
@@ -91,7 +82,7 @@ def main() -> None:
     from coalora.models import load_model
 
     model, tok = load_model("smollm2-135m")
-    print(f"machine: {_cpu()}, {torch.get_num_threads()} torch threads, native bf16: {cpu_has_bf16()}; "
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, native bf16: {cpu_has_bf16()}; "
           f"torch {torch.__version__}\n")
 
     print(f"| rows | precision | tokens | harness tok/s | naive tok/s | speed-up | predictions differing |")

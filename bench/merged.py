@@ -18,23 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py)
 
 
 def quick_eval_once(model, tok, merged: bool) -> tuple[float, float, float, tuple[float, ...]]:
@@ -92,7 +83,7 @@ def main() -> None:
     dt = resolve_dtype("auto", model)
     dtype = torch.bfloat16 if dt == "bf16" else torch.float32
     print(f"# bench/merged.py  code {code_version()}  torch {torch.__version__}")
-    print(f"# machine: {_cpu()}, nproc {os.cpu_count()}, {torch.get_num_threads()} torch threads, "
+    print(f"# machine: {cpu_name()}, nproc {os.cpu_count()}, {torch.get_num_threads()} torch threads, "
           f"native bf16: {cpu_has_bf16()}, eval dtype {dt}; load average at start {os.getloadavg()[0]:.1f}")
 
     if not args.skip_eval:

@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from merged import _cpu, fmt  # noqa: E402  (bench/merged.py)
+from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py)
+from merged import fmt  # noqa: E402  (bench/merged.py)
 
 
 def rss_mb() -> tuple[float, float]:
@@ -90,7 +91,7 @@ def bench(args) -> None:
     model.set_configuration(nf4)
     dt = resolve_dtype("auto", model)
     print(f"# bench/prefix.py  code {code_version()}  torch {torch.__version__}")
-    print(f"# machine: {_cpu()}, nproc {os.cpu_count()}, {torch.get_num_threads()} torch threads, "
+    print(f"# machine: {cpu_name()}, nproc {os.cpu_count()}, {torch.get_num_threads()} torch threads, "
           f"native bf16: {cpu_has_bf16()}, eval dtype {dt}; prefix budget {model.prefix.budget_bytes >> 20} MiB, "
           f"stride {model.prefix.stride}; load average at start {os.getloadavg()[0]:.1f}")
     cases = [(f"block {b} -> nf3", nf4, one_block(space, nf4, nf3, b)) for b in args.blocks]

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py; bench/ is sys.path[0] when run as a script)
 from coalora.models import load_model  # noqa: E402
 from coalora.quant import QuantSetting, dequantize, fake_quantize, quantize  # noqa: E402
 from coalora.space import ConfigSpace  # noqa: E402
@@ -36,15 +37,7 @@ def median_time(fn, repeats: int) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import time
 
 import torch
+from hostinfo import cpu_name  # bench/hostinfo.py (bench/ is sys.path[0] when run as a script)
 
 
 def median_ms(fn, repeats: int, setup=None) -> tuple[float, float]:
@@ -39,16 +39,6 @@ def median_ms(fn, repeats: int, setup=None) -> tuple[float, float]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), min(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

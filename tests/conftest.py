@@ -81,6 +81,33 @@ def save_tiny_model_dir(path, seed: int = 0, n_layers: int = 2, words: tuple[str
     return path
 
 
+def save_tiny_checkpoint(root, train_set: tuple[str, ...] = (), perturb: bool = True):
+    """A tiny base folder (a byte-level tokenizer, so the packaged task prompts run) under
+    `root`/base and a CoA-LoRA checkpoint on it under `root`/ckpt, its metadata naming an
+    SST-2 training run over the presets `train_set`. perturb: B and θ made non-trivial (as if
+    trained; B starts at 0). -> (checkpoint folder, base folder, space)."""
+    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+    from test_eval import VOCAB, make_byte_tokenizer
+
+    base_dir = root / "base"
+    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base_dir)
+    make_byte_tokenizer().save_pretrained(base_dir)
+    base, _ = load_model(str(base_dir), quiet=True)
+    space = ConfigSpace.from_model(base, str(base_dir))
+    cm = CoaLoraModel(base, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16, theta_init_std=0.2))
+    if perturb:
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for p in cm.trainable_parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    training = {"method": "coalora", "task": "sst2", "args": {"split_seed": 0}}
+    if train_set:
+        training["train_set"] = [space.preset(n).to_dict() for n in train_set]
+    return save_checkpoint(cm, root / "ckpt", metadata={"training": training}), base_dir, space
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A folder holding a saved tiny Llama (seed 0) and tokenizer: a base model 'name' for load_model."""

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from coalora.cli import main
-from conftest import make_tiny_llama
-from test_eval import VOCAB, make_byte_tokenizer
+from conftest import make_tiny_llama, save_tiny_checkpoint
+from test_eval import VOCAB
 
 pytestmark = pytest.mark.slow  # GP fits and search runs on tiny models: `make test`, not `make test-fast`
 
@@ -19,21 +19,12 @@ pytestmark = pytest.mark.slow  # GP fits and search runs on tiny models: `make t
 def tiny(tmp_path_factory):
     """(checkpoint folder, base folder, space, pool path) with a 12-point pool on the quick-eval rows."""
     from coalora.eval.harness import quick_split
-    from coalora.lora import CoaLoraModel, LoraSpec, read_metadata, save_checkpoint
-    from coalora.models import load_model
+    from coalora.lora import read_metadata
     from coalora.search.loop import Pool
     from coalora.search.objective import describe
-    from coalora.space import ConfigSpace
 
     root = tmp_path_factory.mktemp("tiny-predict")
-    base_dir = root / "base"
-    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base_dir)
-    make_byte_tokenizer().save_pretrained(base_dir)
-    base, _ = load_model(str(base_dir), quiet=True)
-    space = ConfigSpace.from_model(base, str(base_dir))
-    cm = CoaLoraModel(base, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16, theta_init_std=0.2))
-    meta = {"training": {"method": "coalora", "task": "sst2", "args": {"split_seed": 0}}}
-    folder = save_checkpoint(cm, root / "ckpt", metadata=meta)
+    folder, base_dir, space = save_tiny_checkpoint(root, perturb=False)
     _, m = read_metadata(folder)
     configs = space.sample(8, seed=0) + [space.preset(n) for n in ("nf2", "nf3", "nf4", "nf8")]
     values = [0.5 * torch.exp(-torch.tensor(c.avg_bits - 2.0)).item() + 0.1 for c in configs]  # error falls with bits

@@ -6,37 +6,19 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from coalora.cli import main
 from coalora.results import read_records
-from conftest import make_tiny_llama
-from test_eval import VOCAB, make_byte_tokenizer
+from conftest import save_tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # GP fits and search runs on tiny models: `make test`, not `make test-fast`
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    """A tiny base folder and a checkpoint with non-trivial B and θ and a 3-configuration training set."""
-    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
-    from coalora.models import load_model
-    from coalora.space import ConfigSpace
-
-    root = tmp_path_factory.mktemp("tiny-search")
-    base_dir = root / "base"
-    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base_dir)
-    make_byte_tokenizer().save_pretrained(base_dir)
-    base, _ = load_model(str(base_dir), quiet=True)
-    space = ConfigSpace.from_model(base, str(base_dir))
-    cm = CoaLoraModel(base, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16, theta_init_std=0.2))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in cm.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    train_set = [space.preset(n).to_dict() for n in ("nf3", "nf4", "nf8")]
-    meta = {"training": {"method": "coalora", "task": "sst2", "train_set": train_set, "args": {"split_seed": 0}}}
-    return save_checkpoint(cm, root / "ckpt", metadata=meta), space
+    """A checkpoint with non-trivial B and θ and a 3-configuration training set on a tiny base."""
+    folder, _, space = save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-search"), ("nf3", "nf4", "nf8"))
+    return folder, space
 
 
 def run_cli(capsys, *argv):

@@ -22,7 +22,7 @@ from coalora.search.target_search import (
     uniform_configs,
 )
 from coalora.space import ConfigSpace, TargetConfiguration
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, save_tiny_checkpoint
 
 TARGETS = ("bnb", "gguf", "torchao")
 
@@ -204,25 +204,9 @@ def test_search_refuses_a_pool_of_another_space(tables, candidates, tiny):
 # ---------------------------------------------------------------- the CLI, end to end (tiny checkpoint)
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    """A tiny base folder and a checkpoint with non-trivial B and θ (as tests/test_search_cli.py)."""
-    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
-    from coalora.models import load_model
-    from test_eval import VOCAB, make_byte_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-target-search")
-    base_dir = root / "base"
-    make_tiny_llama(vocab_size=VOCAB, seed=1).save_pretrained(base_dir)
-    make_byte_tokenizer().save_pretrained(base_dir)
-    base, _ = load_model(str(base_dir), quiet=True)
-    space = ConfigSpace.from_model(base, str(base_dir))
-    cm = CoaLoraModel(base, space, LoraSpec(rank=4, alpha=8.0, theta_hidden=16, theta_init_std=0.2))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in cm.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    meta = {"training": {"method": "coalora", "task": "sst2", "train_set": [space.preset("nf4").to_dict()],
-                         "args": {"split_seed": 0}}}
-    return save_checkpoint(cm, root / "ckpt", metadata=meta), space
+    """A checkpoint with non-trivial B and θ on a tiny base (conftest.save_tiny_checkpoint)."""
+    folder, _, space = save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-target-search"), ("nf4",))
+    return folder, space
 
 
 def _search(capsys, tmp_path, ckpt, *extra):

@@ -28,7 +28,7 @@ from coalora.quant.nf import FAMILIES
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES, QuantSetting
 from coalora.quant.storage import packed_bytes
 from coalora.quant.targets import TARGETS, get_target
-from coalora.quant.targets.proxy import theta_format_index, theta_proxy
+from coalora.quant.targets.proxy import theta_format_index, theta_proxy, theta_row
 
 CONFIG_FORMAT = "coalora.configuration/v1"
 DEFAULT_TARGET = "coalora"  # coalora's own NF-k / INT-k space: plain Configuration
@@ -331,8 +331,7 @@ class Configuration:
     def encode_format(self) -> torch.Tensor:
         """(n_matrices, 2) long: each matrix's format kind and exact bits as rows of θ's
         extra tables (coalora.quant.targets.proxy.THETA_FORMATS, THETA_BITS)."""
-        return torch.tensor([theta_format_index(DEFAULT_TARGET, f"{self.family}:{s.bits}") for s in self.settings],
-                            dtype=torch.long)
+        return torch.tensor([theta_row(self.family, s.bits) for s in self.settings], dtype=torch.long)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON object: the most common setting as "default", other matrices as overrides."""

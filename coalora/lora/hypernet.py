@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from coalora.errors import ConfigError
+from coalora.lora.spec import THETA_INPUTS
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
 from coalora.quant.targets.proxy import THETA_BITS, THETA_FORMATS
 from coalora.space import MODULE_TYPES
 
-THETA_INPUTS = ("nf", "targets")  # which fields θ embeds (LoraSpec.theta_inputs)
 FORMAT_FIELDS = ("format", "exact_bits")
 
 

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 from coalora.errors import ConfigError
 
+THETA_INPUTS = ("nf", "targets")  # which fields θ embeds (coalora.lora.hypernet.input_names)
+
 
 @dataclass(frozen=True)
 class LoraSpec:
@@ -52,8 +54,9 @@ class LoraSpec:
             raise ConfigError(f"LoraSpec field 'use_theta' has value {self.use_theta!r}; allowed: true or false")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"LoraSpec field 'seed' has value {self.seed!r}; allowed: an integer")
-        if self.theta_inputs not in ("nf", "targets"):
-            raise ConfigError(f"LoraSpec field 'theta_inputs' has value {self.theta_inputs!r}; allowed: 'nf', 'targets'")
+        if self.theta_inputs not in THETA_INPUTS:
+            raise ConfigError(f"LoraSpec field 'theta_inputs' has value {self.theta_inputs!r}; "
+                              f"allowed: {', '.join(map(repr, THETA_INPUTS))}")
 
     @property
     def scaling(self) -> float:

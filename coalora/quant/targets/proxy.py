@@ -95,13 +95,10 @@ _GGUF_KINDS = {"Q8_0": "gguf-sym", "Q5_0": "gguf-sym", "Q4_0": "gguf-sym", "Q5_1
 
 
 def theta_format(target: str, fmt: str) -> tuple[str, int]:
-    """(kind in THETA_FORMATS, bits in THETA_BITS) of format `fmt` of `target`; for the
-    NF-k space (target "coalora") `fmt` is "<family>:<bits>", e.g. "nf:4"."""
+    """(kind in THETA_FORMATS, bits in THETA_BITS) of format `fmt` of deployment target
+    `target`. (An NF-k setting is its family, "nf" or "int", with its own bits.)"""
     from coalora.quant.targets.base import format_bits
 
-    if target == "coalora":
-        family, _, bits = fmt.partition(":")
-        return family, int(bits)
     theta_proxy(target, fmt)  # unknown formats fail here, naming the target and format
     if fmt in _FLOAT_FORMATS:
         return "float", 16
@@ -114,5 +111,9 @@ def theta_format(target: str, fmt: str) -> tuple[str, int]:
 
 def theta_format_index(target: str, fmt: str) -> tuple[int, int]:
     """theta_format as row indices into THETA_FORMATS and THETA_BITS."""
-    kind, bits = theta_format(target, fmt)
+    return theta_row(*theta_format(target, fmt))
+
+
+def theta_row(kind: str, bits: int) -> tuple[int, int]:
+    """(kind, bits) as row indices into THETA_FORMATS and THETA_BITS."""
     return THETA_FORMATS.index(kind), THETA_BITS.index(bits)

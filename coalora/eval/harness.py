@@ -4,9 +4,10 @@
         print(est.value, "+-", est.stderr, est.n, est.done)
 
 Rows are taken in their split's seeded order and processed in chunks: a small first one (the
-first estimate), then the rest in chunks of up to MAX_CHUNK rows. Each chunk is a random sample of the part, so every streamed
-estimate is unbiased; inside a chunk, rows are length-sorted into batches (padding waste
-stays small). A full eval runs one chunk: every row, globally length-sorted.
+first estimate), then the rest in chunks of up to MAX_CHUNK rows. Each chunk is a random
+sample of the part, so every streamed estimate is unbiased; inside a chunk, rows are
+length-sorted into batches (padding waste stays small). A full eval runs one chunk: every
+row, globally length-sorted.
 
 Metrics: accuracy (stderr sqrt(p(1-p)/n), binomial) for label and multiple-choice tasks;
 bits per byte (primary) and token perplexity for lambada, with delta-method stderrs of
@@ -39,7 +40,7 @@ FIRST_CHUNK = 8  # rows behind the first streamed estimate (issue 4: first estim
 # After the first chunk, the rest in chunks of up to MAX_CHUNK rows: the quick eval's 174 rows
 # are 8 + 166, one first estimate and the final. Every chunk boundary costs a forward on
 # smaller, more padded batches (and its own prefix boundaries): the doubling chunks used
-# before (8, 16, 32, 64, 54) made a one-block slider move 1.4-1.5x slower to its final
+# before (8, 16, 32, 64, 54) made a one-block slider move 1.5-1.6x slower to its final
 # score (issue 13; docs/benchmarks.md, "Fewer streamed estimates").
 MAX_CHUNK = 256
 MAX_TEXT_TOKENS = 1024

@@ -83,8 +83,8 @@ def current() -> MemoryBudget:
 def from_env(environ: Mapping[str, str], base: MemoryBudget | None = None) -> MemoryBudget:
     """`base` (default: the current budget) with the prefix cache set by COALORA_PREFIX_MIB
     (an integer >= 0 of MiB; 0 turns prefix reuse off), when that variable is set. More
-    prefix cache lets concurrent sessions keep their own prefixes (4 clients: 19.0 changes
-    a minute at 1024 MiB vs 16.1 at 320, for ~2.2 GB resident; docs/benchmarks.md)."""
+    prefix cache lets concurrent sessions keep their own prefixes (4 clients: 20.3 changes
+    a minute at 1024 MiB vs 16.1 at 320, for ~2.35 GB resident; docs/benchmarks.md)."""
     from dataclasses import replace
 
     from coalora.errors import ConfigError

@@ -121,7 +121,10 @@ def build_app(engine: Engine) -> gr.Blocks:
                     export_btn = gr.Button("Export (peft adapter; gguf: llama.cpp files) as a zip", size="sm")
                 export_file = gr.File(label="Export", interactive=False, height=90)
                 tbl = gr.Dataframe(headers=h.TABLE_HEADERS, label="Points evaluated in this session (click a header to sort)",
-                                   interactive=False, wrap=True, elem_id="points")
+                                   interactive=False, wrap=True, elem_id="points",
+                                   # 13 columns: fixed widths (the table scrolls sideways) keep each
+                                   # header readable instead of squeezing it into a letter per line
+                                   column_widths=[TABLE_WIDTHS.get(c, "80px") for c in h.TABLE_HEADERS])
                 csv_btn = gr.Button("Table as CSV", size="sm")
                 csv_file = gr.File(label="CSV", interactive=False, height=90)
                 with gr.Accordion("Calibration: GP-predicted vs measured", open=False):
@@ -193,6 +196,9 @@ def build_app(engine: Engine) -> gr.Blocks:
         gr.api(allocate_api, api_name="allocate",
                api_description="(budget: average bits per weight, method: fast | ilp | gp) -> configuration JSON.")
     return demo
+
+
+TABLE_WIDTHS = {"n": "50px", "test (reportable)": "170px", "config_hash": "150px", "summary": "260px"}
 
 
 def _target_fn(engine: Engine, state: SessionState, target: str) -> list:

@@ -72,6 +72,16 @@ def test_each_method_trains_and_loss_falls(tiny_base, tmp_path, method, extra):
 
 
 
+def test_lm_recipe_records_the_task_it_trains_on(tiny_base, tmp_path):
+    # The checkpoint names the task of its data (lambada), not --task: the search, the pool and
+    # the app read it to pick the rows and the metric (bits per byte).
+    assert TrainArgs(out="x", recipe="lm").data_task == "lambada" and TrainArgs(out="x").data_task == "sst2"
+    train(small_args(tiny_base, tmp_path / "lm", recipe="lm", steps=2, epoch_steps=2, limit_rows=8), progress=False)
+    meta = json.loads((tmp_path / "lm" / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["training"]["recipe"] == "lm" and meta["training"]["task"] == "lambada"
+    assert meta["training"]["train_split"]["task"] == "lambada"
+
+
 def test_search_at_epoch_end_replaces_the_training_set_within_the_bit_range(tiny_base, tmp_path):
     """The epoch-end Pareto search runs (a logged event), its selection becomes the training
     set of the next epoch, and every selected configuration lies inside --bit-range."""

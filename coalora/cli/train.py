@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     targs = train_args(args)
     from coalora.data import task_spec
 
-    task_spec("lambada" if targs.recipe == "lm" else targs.task)  # unknown task: a clear error before loading
+    task_spec(targs.data_task)  # unknown task: a clear error before loading
     import shlex
     import sys
 

@@ -71,6 +71,12 @@ class TrainArgs:
     cache_gb: float = _opt(4.0, "memory for cached quantized weights")
     limit_rows: int | None = _opt(None, "use only the first N train rows (smoke runs)")
 
+    @property
+    def data_task(self) -> str:
+        """The task whose rows the run trains on: lambada for the lm recipe, else --task (this is
+        the task the checkpoint records, so its pool, front and app eval use the right data)."""
+        return "lambada" if self.recipe == "lm" else self.task
+
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> None:
             raise ConfigError(f"train option '{name}' has value {getattr(self, name)!r}; allowed: {allowed}")

@@ -101,8 +101,7 @@ def read_run_file(path: Path) -> dict[str, Any] | None:
 def _examples(args: TrainArgs, tokenizer: Any, part: str) -> tuple[list[Example], dict[str, Any]]:
     from coalora.data import load_split
 
-    task = "lambada" if args.recipe == "lm" else args.task
-    split = load_split(task, part, args.split_seed)
+    split = load_split(args.data_task, part, args.split_seed)
     if args.limit_rows is not None and part == "train":
         split = split.head(min(args.limit_rows, len(split)))
     maker = lm_examples if args.recipe == "lm" else task_examples
@@ -249,7 +248,7 @@ def setup(args: TrainArgs, resume: bool = False, force: bool = False, command: s
     inner.train()
     dev_batch = {k: v.to(accel.device) for k, v in dev_batch.items()}
 
-    recipe = {"method": args.method, "recipe": args.recipe, "task": args.task, "steps": args.steps,
+    recipe = {"method": args.method, "recipe": args.recipe, "task": args.data_task, "steps": args.steps,
               "batch_size": args.batch_size, "processes": accel.num_processes, "lr": args.lr,
               "precision": accel.mixed_precision, "train_set_source": source,
               "train_split": manifest, "dev_split": dev_manifest, "command": command}

@@ -104,14 +104,16 @@ def ensure_nodeps(requirements: Path = NODEPS_FILE, modules: Sequence[str] = NOD
     return True
 
 
-def load_engine(env: Mapping[str, str]):
-    """The app's engine from the environment (the only place it is read). A missing DEFAULT
-    checkpoint is not fatal: the app then evaluates the quantized base and says so; any other
-    checkpoint must exist."""
+def load_engines(env: Mapping[str, str]) -> dict:
+    """The app's engines from the environment (the only place it is read): name -> Engine, the
+    chosen checkpoint first, then every other shipped checkpoint trained on the same base
+    model, sharing its model (Engine.alongside; the app's checkpoint selector). A missing
+    DEFAULT checkpoint is not fatal: the app then evaluates the quantized base and says so;
+    any other checkpoint must exist."""
     from pathlib import Path
 
     from coalora.device import resolve_device
-    from coalora.errors import CheckpointError
+    from coalora.errors import CheckpointError, CoaloraError
     from coalora.lora import DEFAULT_CHECKPOINT, read_metadata
     from coalora.models import cache_dir
     from ui import zerogpu
@@ -138,8 +140,35 @@ def load_engine(env: Mapping[str, str]):
     pools = [Path(env["COALORA_POOL"])] if env.get("COALORA_POOL") else None  # None: the checkpoint's, then the shipped one
     # Every evaluation made in the app becomes a GP observation, kept across restarts.
     observations = Path(env.get("COALORA_OBSERVATIONS") or cache_dir() / "app" / "observations.jsonl")
-    return Engine.load(checkpoint, model, front_path=front, pool_paths=pools, observations=observations,
-                       notices=tuple(notices), device=device)
+    engine = Engine.load(checkpoint, model, front_path=front, pool_paths=pools, observations=observations,
+                         notices=tuple(notices), device=device)
+    engines = {_name(engine.loaded.checkpoint): engine}
+    if checkpoint is None:
+        return engines
+    for other in shipped_checkpoints():  # the selector: every shipped checkpoint that fits this model
+        if other.resolve() == folder.resolve():
+            continue
+        try:
+            extra = engine.alongside(other, observations=observations)
+        except CoaloraError as e:  # trained on another base model, or another adapter structure
+            _log(f"checkpoint {other.name} is not offered: {e}")
+            continue
+        engines[_name(extra.loaded.checkpoint)] = extra
+    return engines
+
+
+def shipped_checkpoints():
+    """The checkpoint folders under assets/checkpoints (default first, then by name)."""
+    from coalora.lora import DEFAULT_CHECKPOINT
+
+    root = DEFAULT_CHECKPOINT.parent
+    return sorted((p for p in root.iterdir() if (p / "checkpoint.json").is_file()),
+                  key=lambda p: (p.resolve() != DEFAULT_CHECKPOINT.resolve(), p.name))
+
+
+def _name(label: str | None) -> str:
+    """A checkpoint's name in the selector: its label without the sha ('default', 'lm')."""
+    return (label or "base").split("@")[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,11 +200,13 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         budget.BUDGET = budget.from_env(env)  # COALORA_PREFIX_MIB, before the model is built
-        engine = load_engine(env)
+        engines = load_engines(env)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")
         raise SystemExit(2)
-    zerogpu.prepare(engine)  # on ZeroGPU: the model moves to CUDA; elsewhere nothing
+    engine = next(iter(engines.values()))
+    for e in engines.values():
+        zerogpu.prepare(e)  # on ZeroGPU: the model moves to CUDA (once: they share it); elsewhere nothing
     if args.write_baselines is not None:
         from coalora.results import write_records
         from ui.engine import DEFAULT_BASELINES
@@ -187,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"(n={r.n}, {r.dtype}, {r.seconds:.1f} s)", file=sys.stderr)
         print(path)
         return
-    build_app(engine).queue(default_concurrency_limit=1).launch(
+    build_app(engines).queue(default_concurrency_limit=1).launch(
         # On a Space (SPACE_ID set) listen on every interface even if GRADIO_SERVER_NAME is unset.
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -170,7 +170,8 @@ def main() -> None:
     # As the app does, every final point becomes a GP observation (background refits), kept in a
     # temp file here so that the app's own observations file is not touched.
     obs = Path(tempfile.mkdtemp(prefix="coalora-memory-")) / "observations.jsonl"
-    engine = app_module.load_engine({"COALORA_OBSERVATIONS": str(obs)})
+    engines = app_module.load_engines({"COALORA_OBSERVATIONS": str(obs)})  # as the app: every shipped checkpoint
+    engine = next(iter(engines.values()))
     stage("engine loaded", engine)
     space = engine.space
     rng = random.Random(args.seed)

@@ -74,7 +74,7 @@ def test_app_reads_coalora_device(tmp_path):
     import app
 
     with pytest.raises(ConfigError, match=r"^COALORA_DEVICE 'cuda': .*allowed here: auto, cpu$"):
-        app.load_engine({"COALORA_DEVICE": "cuda", "COALORA_OBSERVATIONS": str(tmp_path / "o.jsonl")})
+        app.load_engines({"COALORA_DEVICE": "cuda", "COALORA_OBSERVATIONS": str(tmp_path / "o.jsonl")})
 
 
 def _tiny(seed: int = 0, theta: bool = True) -> CoaLoraModel:

@@ -257,22 +257,24 @@ def test_app_takes_model_and_checkpoint(moved, tmp_path, monkeypatch):
     ckpt, new_home, _ = moved
     env = {"COALORA_CHECKPOINT": str(ckpt), "COALORA_MODEL": new_home, "COALORA_DEVICE": "cpu",
            "COALORA_OBSERVATIONS": str(tmp_path / "obs.jsonl")}
-    engine = app.load_engine(env)
+    engines = app.load_engines(env)
+    engine = engines[ckpt.name]
+    assert list(engines) == [ckpt.name]  # the shipped SmolLM2 checkpoints do not fit this qwen2 model
     assert engine.model_name == new_home and engine.model.has_adapter and engine.space.model_name == new_home
     other = save_family_model(tmp_path / "deeper", "qwen2", n_layers=3)
     with pytest.raises(ModelMismatchError, match="projection names or shapes differ"):
-        app.load_engine({**env, "COALORA_MODEL": other})
+        app.load_engines({**env, "COALORA_MODEL": other})
 
     seen = {}
 
-    def fake_load_engine(e):
+    def fake_load_engines(e):
         seen.update(e)
         raise CoaloraError("stop here")
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # main() sets it when unset
     monkeypatch.setattr(app, "ensure_nodeps", lambda: False)
     monkeypatch.setattr(budget, "configure_allocator", lambda: None)
-    monkeypatch.setattr(app, "load_engine", fake_load_engine)
+    monkeypatch.setattr(app, "load_engines", fake_load_engines)
     monkeypatch.setenv("COALORA_MODEL", "from-the-environment")
     with pytest.raises(SystemExit) as e:
         app.main(["--model", new_home, "--checkpoint", str(ckpt)])

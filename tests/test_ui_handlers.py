@@ -311,7 +311,7 @@ def test_concurrent_evaluations_take_turns_and_apply_each_configuration_once(lm_
     applied = []
     real = engine.model.set_configuration
     monkeypatch.setattr(engine.model, "set_configuration", lambda c, *a, **k: (applied.append(c.hash), real(c, *a, **k))[1])
-    engine._applied = None
+    engine._shared.config = None
     results: dict[str, list] = {}
     threads = [threading.Thread(target=lambda c=c: results.__setitem__(c.hash, [(r.n, r.value) for r in engine.evaluate(c)]))
                for c in configs]

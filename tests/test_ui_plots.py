@@ -22,3 +22,17 @@ def test_front_bands_expected_value_and_measurement(tiny_space):
     old = front_line(PredictedFront(tuple(FrontPoint(p.budget, p.config, p.mean, p.std) for p in pts), tiny_space,
                                     meta={"metric": "accuracy"}))
     assert old.lower_pred == () and [t.name for t in result_figure([], front=old).data][0].startswith("front band")
+
+
+def test_a_bits_per_byte_front_is_drawn_on_the_metric_axis(tiny_space):
+    """An lm checkpoint's front (objective error: f1 is bits per byte itself) shares the
+    points' axis, unconverted; a training-loss front goes to its own axis."""
+    pts = (FrontPoint(3.0, tiny_space.preset("nf2"), 1.4, 0.01, 0.05),)
+    line = front_line(PredictedFront(pts, tiny_space, meta={"metric": "bits_per_byte", "objective": "error"}))
+    assert line.on_metric_axis and line.y == pytest.approx((1.4,)) and line.lower == pytest.approx((1.38,))
+    fig = result_figure([], front=line, metric="bits_per_byte", task="lambada")
+    assert fig.layout.yaxis.title.text.endswith("lower is better") and "yaxis2" not in fig.layout.to_plotly_json()
+    loss = front_line(PredictedFront(pts, tiny_space, meta={"metric": "loss", "objective": "loss"}))
+    assert not loss.on_metric_axis
+    assert not result_figure([], front=front_line(PredictedFront(pts, tiny_space, meta={"metric": "accuracy"})))\
+        .layout.yaxis.title.text.endswith("lower is better")

@@ -3,11 +3,18 @@ everything else lives in coalora (allocation, predictor, results, export) or ui/
 downloads), and app.py alone reads the environment (docs/design.md, "App").
 
 Concurrency: one lock guards the shared model. An evaluation holds it for ONE chunk of the
-streamed quick eval at a time (never across a yield) and applies its own configuration
-before each chunk (a no-op when it is already in), so every chunk is scored under the
-configuration of the request that asked for it and an abandoned evaluation never holds the
-lock; evaluations take turns in start order (ui/turns.py), so a configuration is applied
-once per evaluation.
+streamed quick eval at a time (never across a yield) and applies its own adapter and
+configuration before each chunk (a no-op when they are already in), so every chunk is scored
+under the configuration of the request that asked for it and an abandoned evaluation never
+holds the lock; evaluations take turns in start order (ui/turns.py), so a configuration is
+applied once per evaluation.
+
+Several checkpoints (the app's checkpoint selector): `engine.alongside(checkpoint)` is an
+Engine of another checkpoint trained on the same base model. It shares the model, the lock
+and the turn order (one base model in memory, whatever the number of checkpoints) and has its
+own adapter parameters, task, rows, front and pool; CoaLoraModel.use_adapter swaps the
+parameters in before its chunks, and the model's caches are keyed by them, so both adapters'
+entries stay valid.
 """
 
 from __future__ import annotations
@@ -62,10 +69,14 @@ class Engine:
     def __init__(self, loaded: LoadedModel, model_name: str, *, task: str = "sst2", n_rows: int = QUICK_ROWS,
                  seed: int = 0, dtype: str = "auto", predictor: Predictor | None = None, costs: Any = None,
                  baselines_path: Path | None = DEFAULT_BASELINES, workdir: Path | None = None,
-                 notices: tuple[str, ...] = ()) -> None:
-        self.lock = threading.RLock()
-        self.turns = Turns()  # evaluations run one after another, chunk by chunk (ui/turns.py)
+                 notices: tuple[str, ...] = (), shared: "_SharedModel | None" = None,
+                 adapter: dict[str, Any] | None = None) -> None:
+        self._shared = shared or _SharedModel()
+        self.lock = self._shared.lock
+        self.turns = self._shared.turns  # evaluations run one after another, chunk by chunk (ui/turns.py)
         self.model, self.tokenizer, self.loaded = loaded.model, loaded.tokenizer, loaded
+        # the parameters (A, B, θ) this engine computes with: the model's own unless given (alongside)
+        self.adapter = adapter if adapter is not None else dict(self.model.named_trainable_parameters())
         self.space = self.model.space
         self.model_name, self.task, self.seed = model_name, task, seed
         self.split = quick_split(task, seed, n_rows)  # the selection measure: dev rows
@@ -75,7 +86,6 @@ class Engine:
         self.notices = list(notices) + (predictor.notices if predictor is not None else [])
         # Downloads go inside this process's temp folder: removed at exit, swept after a crash.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="app-", dir=process_tmp()))
-        self._applied: str | None = None  # hash of the configuration now in the model
         self._baselines: list[ResultRecord] | None = None
 
     @classmethod
@@ -101,12 +111,28 @@ class Engine:
         kwargs.setdefault("costs", load_costs(loaded.model.space))
         if pool_paths is None:
             pool_paths = [p for p in (folder and folder / "pool.json", DEFAULT_POOL) if p]
-        pools = [Path(p) for p in pool_paths if p and Path(p).is_file()]
-        task = kwargs.get("task", "sst2")
-        rows = quick_split(task, kwargs.get("seed", 0), kwargs.get("n_rows", QUICK_ROWS)).manifest_hash
-        predictor = Predictor(loaded.model.space, task, front_path, pools[0] if pools else None, observations,
-                              split_hash=rows, checkpoint=loaded.checkpoint)
+        kwargs.setdefault("task", checkpoint_task(loaded.meta))
+        predictor = _predictor(loaded, front_path, pool_paths, observations, kwargs)
         return cls(loaded, model_name, predictor=predictor, **kwargs)
+
+    def alongside(self, checkpoint: str | Path, *, front_path: Path | None = None,
+                  pool_paths: Sequence[Path] | None = None, observations: Path | None = None,
+                  notices: tuple[str, ...] = ()) -> "Engine":
+        """Another checkpoint trained on this engine's base model, sharing its model, lock and
+        turn order (no second base model in memory): an Engine with its own adapter, task (the
+        checkpoint's), quick-eval rows, front (default CHECKPOINT/front.json) and pool
+        (default CHECKPOINT/pool.json). CheckpointError / ModelMismatchError when it cannot
+        share the model (coalora.lora.load_alongside)."""
+        from coalora.lora import load_alongside, read_metadata
+
+        loaded, params = load_alongside(self.loaded, checkpoint)
+        folder = read_metadata(checkpoint)[0]
+        kwargs: dict[str, Any] = dict(task=checkpoint_task(loaded.meta), seed=self.seed, n_rows=len(self.split),
+                                      dtype=self.dtype, costs=self.costs, baselines_path=self.baselines_path,
+                                      workdir=self.workdir, notices=notices)
+        predictor = _predictor(loaded, front_path or folder / "front.json",
+                               pool_paths if pool_paths is not None else [folder / "pool.json"], observations, kwargs)
+        return Engine(loaded, self.model_name, predictor=predictor, shared=self._shared, adapter=params, **kwargs)
 
     def info(self) -> EngineInfo:
         em = EMBEDDED.get(self.model_name)
@@ -171,7 +197,8 @@ class Engine:
         from coalora.deploy.verify import verify
 
         with self.lock:
-            self._applied = None  # verify sets the configuration itself
+            self._put_adapter()
+            self._shared.config = None  # verify sets the configuration itself
             try:
                 return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
             finally:
@@ -192,10 +219,11 @@ class Engine:
     def _using(self, config: Configuration, adapter: bool = True) -> Iterator[None]:
         """Hold the lock with the model computing under `config` (adapter on or off)."""
         with self.lock:
-            if self._applied != config.hash:
-                self._applied = None  # a failure below leaves the state unknown
+            self._put_adapter()
+            if self._shared.config != config.hash:
+                self._shared.config = None  # a failure below leaves the state unknown
                 self.model.set_configuration(config)
-                self._applied = config.hash
+                self._shared.config = config.hash
                 # Another configuration: the weights and prefix entries it evicted are free now. When
                 # evaluations interleave (a head that went stale, ui/turns.py), none ends for a long
                 # time, and without this trim their garbage piled up (soak bench: 3.5 GB steady).
@@ -283,4 +311,38 @@ class Engine:
                 f"download here: download the configuration JSON and run `coalora export --target {config.target} "
                 f"--config configuration-{config.hash}.json --out {config.target}-{config.hash}/` (docs/deploy.md)")
         with self.lock:
+            self._put_adapter()
             return export_zip(self.model, config, folder, self.model_name)
+
+    def _put_adapter(self) -> None:
+        """Under the lock: this engine's adapter into the shared model (a no-op when it is in)."""
+        if self._shared.adapter is not self.adapter:
+            self._shared.adapter = None  # a failure below leaves the state unknown
+            self.model.use_adapter(self.adapter)
+            self._shared.adapter = self.adapter
+
+
+class _SharedModel:
+    """What every Engine on one model shares: the lock, the turn order, and which adapter
+    (an Engine's parameter dict) and configuration (hash) the model computes with now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.turns = Turns()
+        self.adapter: dict[str, Any] | None = None
+        self.config: str | None = None
+
+
+def checkpoint_task(meta: dict[str, Any]) -> str:
+    """The task a checkpoint was trained on (its quick eval's task): the training metadata's
+    task (lambada for the lm recipe), else sst2 (a checkpoint that does not say, or no checkpoint)."""
+    return str((meta.get("training") or {}).get("task") or "sst2")
+
+
+def _predictor(loaded: LoadedModel, front_path: Path | None, pool_paths: Sequence[Path], observations: Path | None,
+               kwargs: dict[str, Any]) -> Predictor:
+    """The front and GP of `loaded`'s checkpoint on its quick-eval rows: the first existing pool file."""
+    pools = [Path(p) for p in pool_paths if p and Path(p).is_file()]
+    rows = quick_split(kwargs["task"], kwargs.get("seed", 0), kwargs.get("n_rows", QUICK_ROWS)).manifest_hash
+    return Predictor(loaded.model.space, kwargs["task"], front_path, pools[0] if pools else None, observations,
+                     split_hash=rows, checkpoint=loaded.checkpoint)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import inspect
 from collections import Counter
 from contextlib import closing
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import gradio as gr
 
@@ -53,6 +54,78 @@ def snap_bits(value: float) -> int:
     """A slider position -> the nearest allowed weight bit-width (2, 3, 4, 8; ties go up)."""
     v = float(value)
     return min(BITS, key=lambda b: (abs(b - v), -b))
+
+
+# ---- checkpoints (the app's selector) ------------------------------------------------------------
+def engine_of(engines: Mapping[str, Engine], state: SessionState) -> Engine:
+    """The engine of the session's checkpoint (the app's first one until another is chosen)."""
+    return engines.get(state.checkpoint or "") or next(iter(engines.values()))
+
+
+def per_session(engines: Mapping[str, Engine], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler fn(engine, state, *values) as gradio calls it, (state, *values), with the
+    engine of the session's checkpoint; a generator function (a streamed evaluation) stays one."""
+    if inspect.isgeneratorfunction(fn):
+        def stream(state: SessionState, *values: Any) -> Iterator[Any]:
+            yield from fn(engine_of(engines, state), state, *values)
+        return stream
+
+    def call(state: SessionState, *values: Any) -> Any:
+        return fn(engine_of(engines, state), state, *values)
+    return call
+
+
+def checkpoint_choices(engines: Mapping[str, Engine]) -> list[tuple[str, str]]:
+    """(label, name) per checkpoint for the selector: its task, metric and method."""
+    out = []
+    for name, e in engines.items():
+        info = e.info()
+        recipe = (e.loaded.meta.get("training") or {}).get("recipe", "task")
+        what = "no adapter" if info.method == "base" else f"{info.method}, {recipe} recipe"
+        out.append((f"{name}: {info.task} ({metric_name(e)}; {what})", name))
+    return out
+
+
+def metric_name(engine: Engine) -> str:
+    """The quick eval's metric: bits per byte for a plain-text task, else accuracy."""
+    return "bits_per_byte" if engine.split.kind == "lm" else "accuracy"
+
+
+def honest_labels(engine: Engine) -> str:
+    """What the numbers mean, for the engine in use (model, simulation, quick eval, adapter)."""
+    info = engine.info()
+    lm = engine.split.kind == "lm"
+    metric = ("**bits per byte** of the passages' text (lower is better; token perplexity beside it), "
+              if lm else "accuracy, ")
+    lines = [
+        f"**Model:** {info.model_description}. The shipped weights were already **Q4_1** (about 4.5 bits) before "
+        "coalora saw them: \"full precision\" here means those weights dequantized.",
+        "**Quantization is simulated:** weights are quantized to NF-k and dequantized back to float (exact "
+        "storage sizes are computed; no low-bit kernels run).",
+        f"**Quick eval:** {info.task.upper()} dev part, {info.n_rows} fixed seeded rows, {metric}{info.dtype} compute; "
+        "error bars are ± 1 standard error. The predicted front and the GP are fitted on the same rows, so "
+        "points and front are on one measure. Choosing among configurations by these rows makes them "
+        "optimistic: the number to report is **Score on test (reportable)**, every row of the test part, "
+        "which no choice has looked at.",
+        ("**Adapter:** CoA-LoRA checkpoint `" + str(info.checkpoint) + "` (θ makes the adapter for each configuration)."
+         if info.method == "coalora" else "**No trained adapter is loaded:** scores are the quantized base only."),
+    ]
+    lines += [f"⚠ {n}" for n in info.notices]
+    return "\n\n".join(lines)
+
+
+def select_checkpoint(engines: Mapping[str, Engine], state: SessionState, name: str) -> list[Any]:
+    """Use checkpoint `name` for this session: its adapter on the same configuration, its task's
+    quick eval, front and points -> [state, labels, figure, status, table, report line]; the
+    layout chains the evaluation of the configuration under it."""
+    if name not in engines:
+        raise gr.Error(f"checkpoint {name!r} is not loaded in this app; loaded: {', '.join(engines)}")
+    state.switch_checkpoint(state.checkpoint or next(iter(engines)), name)
+    engine = engines[name]
+    info = engine.info()
+    status = (f"Checkpoint **{name}** ({info.task}, {metric_name(engine)}): evaluating the current configuration "
+              "with its adapter.")
+    return [state, honest_labels(engine), figure(engine, state), status, table(state), ""]
 
 
 # ---- configuration <-> state ------------------------------------------------------------
@@ -363,7 +436,7 @@ def _front_line(engine: Engine) -> Any:
 
 def figure(engine: Engine, state: SessionState) -> Any:
     info = engine.info()
-    metric = state.current["metric"] if state.current else ("accuracy" if engine.split.kind != "lm" else "bits_per_byte")
+    metric = state.current["metric"] if state.current else metric_name(engine)
     return result_figure(state.points, state.current, _front_line(engine),
                          [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task,
                          rows=f"{len(engine.split)} {engine.split.part} rows",
@@ -385,6 +458,8 @@ def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> 
     pred = "" if prediction is None else f" · GP predicted {prediction[0]:.3f} ± {prediction[1]:.3f}"
     if extra.get("p_front") is not None:
         pred += f" · P(on front) {extra['p_front']:.2f}"
+    if extra.get("perplexity") is not None:  # a plain-text task: token perplexity beside bits per byte
+        pred = f" · token perplexity {extra['perplexity']:.2f}" + pred
     return (f"{rec['metric']} **{rec['value']:.3f} ± {rec['stderr']:.3f}** on {rec['n']}/{extra.get('n_target', '?')} "
             f"rows ({state}, {rec['seconds']:.1f} s, {rec.get('dtype')}){pred}")
 
@@ -439,7 +514,7 @@ def report_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
             yield [state, report_line(d), table(state)]
 
 
-def calibration(engine: Engine) -> list[Any]:
+def calibration(engine: Engine, state: SessionState | None = None) -> list[Any]:
     """[figure, summary] of GP-predicted vs measured over every app observation so far."""
     from coalora.results import iter_records
 
@@ -477,6 +552,15 @@ def compute_baselines(engine: Engine, state: SessionState) -> list[Any]:
 
 
 # ---- API -----------------------------------------------------------------------------------
+def api_engine(engines: Mapping[str, Engine], checkpoint: str = "") -> Engine:
+    """The engine of the API's `checkpoint` argument ('' or None: the app's first checkpoint)."""
+    if not checkpoint:
+        return next(iter(engines.values()))
+    if checkpoint not in engines:
+        raise gr.Error(f"checkpoint {checkpoint!r} is not loaded in this app; loaded: {', '.join(engines)}")
+    return engines[checkpoint]
+
+
 def api_evaluate(engine: Engine, configuration: str) -> Iterator[str]:
     """Configuration JSON text -> the result record JSON, streamed (the last one is final)."""
     try:

@@ -8,7 +8,7 @@ chains one streamed quick eval. A newer edit supersedes the evaluation still run
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import gradio as gr
 
@@ -24,27 +24,14 @@ from ui.state import SessionState
 GROUP = 5  # block sliders per accordion
 
 
-def honest_labels(engine: Engine) -> str:
-    info = engine.info()
-    lines = [
-        f"**Model:** {info.model_description}. The shipped weights were already **Q4_1** (about 4.5 bits) before "
-        "coalora saw them: \"full precision\" here means those weights dequantized.",
-        "**Quantization is simulated:** weights are quantized to NF-k and dequantized back to float (exact "
-        "storage sizes are computed; no low-bit kernels run).",
-        f"**Quick eval:** {info.task.upper()} dev part, {info.n_rows} fixed seeded rows, {info.dtype} compute; "
-        "error bars are ± 1 standard error. The predicted front and the GP are fitted on the same rows, so "
-        "points and front are on one measure. Choosing among configurations by these rows makes them "
-        "optimistic: the number to report is **Score on test (reportable)**, every row of the test part, "
-        "which no choice has looked at.",
-        ("**Adapter:** CoA-LoRA checkpoint `" + str(info.checkpoint) + "` (θ makes the adapter for each configuration)."
-         if info.method == "coalora" else "**No trained adapter is loaded:** scores are the quantized base only."),
-    ]
-    lines += [f"⚠ {n}" for n in info.notices]
-    return "\n\n".join(lines)
-
-
-def build_app(engine: Engine) -> gr.Blocks:
-    """The whole app for one engine (shared by all sessions; per-user data lives in gr.State)."""
+def build_app(engines: Engine | Mapping[str, Engine]) -> gr.Blocks:
+    """The whole app for one engine, or several (name -> Engine: checkpoints sharing one model,
+    Engine.alongside; the first is the default and a selector picks one per session). Engines
+    are shared by all sessions; per-user data lives in gr.State."""
+    if isinstance(engines, Engine):
+        engines = {"default": engines}
+    engine = next(iter(engines.values()))  # what the page shows before a session picks another
+    on = partial(h.per_session, engines)  # handler(engine, state, ...) -> (state, ...) on the session's engine
     space = engine.space
     nf4 = engine.preset(h.DEFAULT_PRESET)
     values0 = h.control_values(nf4)
@@ -56,8 +43,11 @@ def build_app(engine: Engine) -> gr.Blocks:
         state = gr.State(SessionState())
         gr.Markdown("# CoA-LoRA: one adapter for any per-layer quantization\nPick bits per block (or a bit budget); "
                     "the adapter for that configuration is made instantly and scored by a streamed quick eval.")
+        picker = gr.Dropdown(h.checkpoint_choices(engines), value=next(iter(engines)), label="Adapter (checkpoint)",
+                             elem_id="checkpoint", visible=len(engines) > 1,
+                             info="each one was trained on its own task; θ makes its adapter for the configuration below")
         with gr.Accordion("What the numbers mean", open=False):
-            gr.Markdown(honest_labels(engine))
+            labels_md = gr.Markdown(h.honest_labels(engine), elem_id="labels")
         size_md = gr.Markdown(h.size_line(nf4), elem_id="size-line")
         with gr.Row():
             with gr.Column(scale=2, min_width=360):
@@ -136,32 +126,32 @@ def build_app(engine: Engine) -> gr.Blocks:
         cfg_out = [state, size_md, download, *controls]
         ev_out = [state, plot, status, tbl]
         # Model work runs inside spaces.GPU functions on a ZeroGPU Space; elsewhere gpu() returns fn.
-        evaluate = zerogpu.gpu(partial(h.evaluate_stream, engine), 60)
+        evaluate = zerogpu.gpu(on(h.evaluate_stream), 60)
 
         def chain(dep):
             return dep.then(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
 
-        chain(gr.on([s.release for s in sliders], partial(h.apply_sliders, engine), [state, *sliders],
+        chain(gr.on([s.release for s in sliders], on(h.apply_sliders), [state, *sliders],
                     cfg_out, trigger_mode="always_last", api_visibility="private"))
-        chain(attn.input(lambda st, v: h.apply_override(engine, st, "attention", v), [state, attn],
+        chain(attn.input(on(lambda e, st, v: h.apply_override(e, st, "attention", v)), [state, attn],
                          cfg_out, api_visibility="private"))
-        chain(mlp.input(lambda st, v: h.apply_override(engine, st, "mlp", v), [state, mlp], cfg_out,
+        chain(mlp.input(on(lambda e, st, v: h.apply_override(e, st, "mlp", v)), [state, mlp], cfg_out,
                         api_visibility="private"))
         for f, comp in zip(h.ADVANCED_FIELDS, fields):
-            chain(comp.input(partial(_field_fn, engine, f), [state, comp], cfg_out, api_visibility="private"))
-        chain(preset.input(partial(h.apply_preset, engine), [state, preset], cfg_out, api_visibility="private"))
-        chain(gr.on([budget.release, alloc_btn.click], partial(h.apply_allocation, engine),
+            chain(comp.input(on(partial(_field_fn, f)), [state, comp], cfg_out, api_visibility="private"))
+        chain(preset.input(on(h.apply_preset), [state, preset], cfg_out, api_visibility="private"))
+        chain(gr.on([budget.release, alloc_btn.click], on(h.apply_allocation),
                     [state, budget, method], [*cfg_out, alloc_note], trigger_mode="always_last",
                     api_visibility="private"))
-        chain(pick_btn.click(partial(h.apply_front_pick, engine), [state, pick_limit, pick_unit],
+        chain(pick_btn.click(on(h.apply_front_pick), [state, pick_limit, pick_unit],
                              [*cfg_out, alloc_note], api_visibility="private"))
-        chain(upload.upload(partial(h.apply_upload, engine), [state, upload], cfg_out, api_visibility="private"))
+        chain(upload.upload(on(h.apply_upload), [state, upload], cfg_out, api_visibility="private"))
         # picking a target applies its default format at once; picking a format applies that one
-        chain(target.input(partial(_target_fn, engine), [state, target], [target_fmt, *cfg_out, target_note],
+        chain(target.input(on(_target_fn), [state, target], [target_fmt, *cfg_out, target_note],
                            trigger_mode="always_last", api_visibility="private"))
-        chain(gr.on([target_btn.click, target_fmt.input], partial(h.apply_target, engine), [state, target, target_fmt],
+        chain(gr.on([target_btn.click, target_fmt.input], on(h.apply_target), [state, target, target_fmt],
                     [*cfg_out, target_note], trigger_mode="always_last", api_visibility="private"))
-        verify_btn.click(zerogpu.gpu(partial(h.verify_line, engine), 120), [state], [target_note],
+        verify_btn.click(zerogpu.gpu(on(h.verify_line), 120), [state], [target_note],
                          api_visibility="private")
         evaluate_btn.click(evaluate, [state], ev_out, trigger_mode="always_last", **eval_kw)
         # A newer edit supersedes the evaluation still running: h.evaluate_stream stops at its
@@ -172,29 +162,35 @@ def build_app(engine: Engine) -> gr.Blocks:
         # targeted that NEW evaluation before its event id was known: POST /cancel and /reset
         # with event_id null, HTTP 422 on every edit (tests/test_ui_browser.py checks for none).
 
-        report_btn.click(zerogpu.gpu(partial(h.report_stream, engine), 120), [state], [state, report_md, tbl],
+        report_btn.click(zerogpu.gpu(on(h.report_stream), 120), [state], [state, report_md, tbl],
                          trigger_mode="always_last", **eval_kw)
-        base_btn.click(zerogpu.gpu(partial(h.compute_baselines, engine), 300), [state], [plot, alloc_note],
+        base_btn.click(zerogpu.gpu(on(h.compute_baselines), 300), [state], [plot, alloc_note],
                        api_visibility="private")
-        export_btn.click(zerogpu.gpu(partial(h.export, engine), 60), [state], [export_file], api_visibility="private")
-        csv_btn.click(partial(h.table_csv, engine), [state], [csv_file], api_visibility="private")
-        demo.load(partial(h.figure, engine), [state], [plot], api_visibility="private")
-        calib_btn.click(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
-        demo.load(partial(h.calibration, engine), [], [calib_plot, calib_md], api_visibility="private")
+        export_btn.click(zerogpu.gpu(on(h.export), 60), [state], [export_file], api_visibility="private")
+        csv_btn.click(on(h.table_csv), [state], [csv_file], api_visibility="private")
+        demo.load(on(h.figure), [state], [plot], api_visibility="private")
+        calib_btn.click(on(h.calibration), [state], [calib_plot, calib_md], api_visibility="private")
+        demo.load(on(h.calibration), [state], [calib_plot, calib_md], api_visibility="private")
+        # another checkpoint: its labels, front, points and calibration, then the configuration under its adapter
+        chain(picker.input(partial(h.select_checkpoint, engines), [state, picker],
+                           [state, labels_md, plot, status, tbl, report_md], api_visibility="private")
+              .then(on(h.calibration), [state], [calib_plot, calib_md], api_visibility="private"))
 
-        api_eval = zerogpu.gpu(partial(h.api_evaluate, engine), 60)
+        api_eval = zerogpu.gpu(h.api_evaluate, 60)
 
-        def evaluate_api(configuration: str) -> Iterator[str]:
-            yield from api_eval(configuration)
+        def evaluate_api(configuration: str, checkpoint: str = "") -> Iterator[str]:
+            yield from api_eval(h.api_engine(engines, checkpoint), configuration)
 
-        def allocate_api(budget: float, method: str = "fast") -> str:
-            return h.api_allocate(engine, budget, method)
+        def allocate_api(budget: float, method: str = "fast", checkpoint: str = "") -> str:
+            return h.api_allocate(h.api_engine(engines, checkpoint), budget, method)
 
         gr.api(evaluate_api, api_name="evaluate",
-               api_description="Configuration JSON text -> result record JSON (streamed; the last is final).",
+               api_description="(configuration JSON text, checkpoint: a name of the selector, default the first) -> "
+                               "result record JSON (streamed; the last is final).",
                concurrency_limit=4, concurrency_id="eval")
         gr.api(allocate_api, api_name="allocate",
-               api_description="(budget: average bits per weight, method: fast | ilp | gp) -> configuration JSON.")
+               api_description="(budget: average bits per weight, method: fast | ilp | gp, checkpoint) -> "
+                               "configuration JSON.")
     return demo
 
 
@@ -210,6 +206,6 @@ def _target_fn(engine: Engine, state: SessionState, target: str) -> list:
     return [gr.update(choices=formats, value=default), *out]
 
 
-def _field_fn(engine: Engine, name: str, state: SessionState, value):
+def _field_fn(name: str, engine: Engine, state: SessionState, value):
     return h.apply_field(engine, state, name, value)
 

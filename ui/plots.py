@@ -33,11 +33,11 @@ class FrontLine:
 
 
 def front_line(front: Any) -> FrontLine:
-    """A coalora.search.front.PredictedFront -> FrontLine, in the task metric when the front's
-    meta['metric'] is accuracy-like, else in raw f1 on its own axis. The label names the rows
-    the front was fitted on."""
+    """A coalora.search.front.PredictedFront -> FrontLine, in the task metric when the front
+    models it (objective "error": f1 = 1 - accuracy, or bits per byte itself), else (a training
+    loss) in raw f1 on its own axis. The label names the rows the front was fitted on."""
     metric = str(front.meta.get("metric", ""))
-    on_axis = higher_is_better(metric)
+    on_axis = front.meta.get("objective", "error") == "error" and metric not in ("", "loss")
     pts = sorted(front.points, key=lambda p: p.avg_bits)
     conv = (lambda v: from_error(metric, v)) if on_axis else (lambda v: v)  # noqa: E731
     n_rows = front.meta.get("dev_rows")
@@ -134,7 +134,8 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
-        yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)"}},
+        yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)"
+                                 + ("" if higher_is_better(metric) else ", lower is better")}},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )

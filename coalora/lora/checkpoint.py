@@ -316,8 +316,47 @@ def load_for_eval(checkpoint: str | Path | None, model_name: str | None = None, 
     return LoadedModel(model, tok, method, checkpoint_label(folder, meta), meta)
 
 
-def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    params = dict(model.named_trainable_parameters())
+# What makes two adapters interchangeable on one model (LoraSpec.seed and init only start training).
+_SPEC_STRUCTURE = ("rank", "alpha", "dropout", "use_theta", "theta_hidden", "theta_embed", "theta_inputs")
+
+
+def load_alongside(loaded: LoadedModel, checkpoint: str | Path) -> tuple[LoadedModel, dict[str, torch.nn.Parameter]]:
+    """Another checkpoint for the model `loaded` already holds, without a second base model:
+    -> (its LoadedModel, sharing the model and tokenizer; its parameters by name, for
+    CoaLoraModel.use_adapter). The model keeps computing with its own adapter until then.
+    CheckpointError / ModelMismatchError when the checkpoint was trained on another base
+    (structure or weights fingerprint) or its adapter has another structure (LoraSpec)."""
+    from safetensors.torch import load_file
+
+    model = loaded.model
+    folder, meta = read_metadata(checkpoint)
+    label = checkpoint_label(folder, meta)
+    _check_structure(model.space, folder, meta)
+    have = (loaded.meta.get("base_model") or {}).get("weights_fingerprint")
+    want = meta["base_model"].get("weights_fingerprint")
+    if None not in (have, want) and have != want:
+        raise ModelMismatchError(f"checkpoint {label!r} was trained on other weights (fingerprint {want}) than the "
+                                 f"loaded one's {loaded.checkpoint!r} ({have}); it needs its own base model")
+    try:
+        spec = LoraSpec.from_dict(meta["lora"])
+    except ConfigError as e:
+        raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
+    differ = [f"{k} {getattr(spec, k)!r} vs {getattr(model.spec, k)!r}" for k in _SPEC_STRUCTURE
+              if getattr(spec, k) != getattr(model.spec, k)]
+    if differ:
+        raise CheckpointError(f"checkpoint {label!r} has another adapter structure than {loaded.checkpoint!r} "
+                              f"({'; '.join(differ)}): it cannot share one model")
+    tensors = load_file(str(folder / meta["tensors"]["file"]))
+    own = dict(model.named_trainable_parameters())
+    _check_tensors(own, tensors, folder)
+    params = {n: torch.nn.Parameter(tensors[n].to(p.device, p.dtype), requires_grad=p.requires_grad)
+              for n, p in own.items()}
+    method = (meta.get("training") or {}).get("method", "coalora")
+    return LoadedModel(model, loaded.tokenizer, method, label, meta), params
+
+
+def _check_tensors(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """CheckpointError unless `tensors` has exactly the names and shapes of `params`."""
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
@@ -327,12 +366,18 @@ def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
         raise CheckpointError(f"tensors of {str(folder)!r} do not fit the model: {', '.join(parts)}")
+    for n, p in params.items():
+        t = tensors[n]
+        if t.shape != p.shape:
+            raise CheckpointError(f"tensor {n!r} of {str(folder)!r} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
+
+
+def _load_tensors(model: CoaLoraModel, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    params = dict(model.named_trainable_parameters())
+    _check_tensors(params, tensors, folder)
     with torch.no_grad():
         for n, p in params.items():
-            t = tensors[n]
-            if t.shape != p.shape:
-                raise CheckpointError(f"tensor {n!r} of {str(folder)!r} has shape {tuple(t.shape)}, the model needs {tuple(p.shape)}")
-            p.copy_(t)
+            p.copy_(tensors[n])
 
 
 def load_weights(model: CoaLoraModel, path: str | Path) -> dict[str, Any]:

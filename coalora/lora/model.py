@@ -52,7 +52,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -419,6 +419,26 @@ class CoaLoraModel(nn.Module):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 yield name, p
+
+    def use_adapter(self, params: Mapping[str, nn.Parameter]) -> None:
+        """Compute with another adapter of the same structure (another checkpoint on this base):
+        each trainable parameter is replaced by the one of the same name in `params` (kept, not
+        copied). Every cache is keyed by its parameters' identities (merged weights, prefixes,
+        θ's output), so the entries of both adapters stay valid side by side.
+        KeyError / ValueError when the names or shapes differ."""
+        own = dict(self.named_trainable_parameters())
+        if set(own) != set(params):
+            raise KeyError(f"adapter parameters differ: {sorted(set(own) ^ set(params))[:3]}")
+        for name, p in params.items():
+            if own[name] is p:
+                continue
+            if p.shape != own[name].shape:
+                raise ValueError(f"adapter parameter {name!r} has shape {tuple(p.shape)}, the model needs "
+                                 f"{tuple(own[name].shape)}")
+            if (p.device, p.dtype) != (own[name].device, own[name].dtype):
+                p.data = p.data.to(own[name].device, own[name].dtype)  # e.g. the model moved to CUDA since
+            parent, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(parent), attr, p)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_trainable_parameters()]

@@ -46,6 +46,8 @@ def test_evaluate_and_allocate_through_the_client(served):
     rec = json.loads(c.predict(json.dumps(cfg), api_name="/evaluate"))
     assert rec["extra"]["done"] and rec["config_hash"] == config.hash
     assert rec["value"] == engine.evaluate_final(config).value
+    by_name = json.loads(c.predict("nf3", api_name="/evaluate"))  # a preset name, as on the command line
+    assert by_name["config_hash"] == engine.preset("nf3").hash and by_name["extra"]["done"]
     job = c.submit(engine.preset("nf3").to_json(), api_name="/evaluate")
     streamed = [json.loads(x) for x in job]  # every streamed estimate, the last final
     assert len(streamed) >= 2 and streamed[-1]["extra"]["done"] and streamed[0]["n"] < streamed[-1]["n"]
@@ -64,6 +66,12 @@ def test_bad_input_is_a_clear_error_and_the_app_keeps_serving(served):
         c.predict(0.5, "ilp", api_name="/allocate")
     with pytest.raises(AppError, match="at most"):
         c.predict(" " * (1 << 21), api_name="/evaluate")
+    with pytest.raises(AppError, match=r"configuration 'nf5' is not a preset \(nf4, nf3, nf2, nf8, min, max\)"):
+        c.predict("nf5", api_name="/evaluate")
+    with pytest.raises(AppError, match="Q9_9"):
+        c.predict("gguf:Q9_9", api_name="/evaluate")
+    with pytest.raises(AppError, match="checkpoint 'nope' is not loaded in this app; loaded: default"):
+        c.predict("nf4", "nope", api_name="/evaluate")
     assert engine.space.loads(c.predict(4.2, "fast", api_name="/allocate")).avg_bits <= 4.2
 
 

@@ -561,10 +561,28 @@ def api_engine(engines: Mapping[str, Engine], checkpoint: str = "") -> Engine:
     return engines[checkpoint]
 
 
+def api_config(engine: Engine, text: str) -> Configuration:
+    """The API's configuration: JSON text, a preset name (nf4) or TARGET:FORMAT (gguf:Q4_0, that
+    format on every projection); never a file path (this is a server)."""
+    from coalora.space import PRESETS, TARGET_NAMES
+
+    name = text.strip() if isinstance(text, str) and len(text) < 64 else ""
+    if name in PRESETS:
+        return engine.space.preset(name)
+    head, colon, fmt = name.partition(":")
+    if colon and head in TARGET_NAMES[1:]:
+        return engine.space.target_configuration(head, fmt)
+    if name and not name.startswith("{"):
+        raise ConfigError(f"configuration {name!r} is not a preset ({', '.join(PRESETS)}), a TARGET:FORMAT such as "
+                          "gguf:Q4_0 or bnb:nf4, or configuration JSON")
+    return parse_config(engine, text)
+
+
 def api_evaluate(engine: Engine, configuration: str) -> Iterator[str]:
-    """Configuration JSON text -> the result record JSON, streamed (the last one is final)."""
+    """Configuration (JSON text, preset name or TARGET:FORMAT) -> the result record JSON,
+    streamed (the last one is final)."""
     try:
-        config = parse_config(engine, configuration)
+        config = api_config(engine, configuration)
     except CoaloraError as e:
         raise _err(e) from None
     for rec in engine.evaluate(config):

@@ -174,8 +174,9 @@ def _name(label: str | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="The coalora app (see docs/app.md).")
     ap.add_argument("--write-baselines", nargs="?", const="", default=None, metavar="PATH",
-                    help="measure the baselines (base without adapter at nf2/3/4/8, quick eval), write them "
-                         "as result records to PATH (default assets/front/baselines.json) and exit")
+                    help="measure the baselines (base without adapter at nf2/3/4/8, quick eval) for the task of "
+                         "every loaded checkpoint, write them as result records to PATH (default "
+                         "assets/front/baselines.json; records of other tasks there are kept) and exit")
     ap.add_argument("--model", default=None, help="as COALORA_MODEL: where the checkpoint's base model is loaded "
                     "from (a local folder or a cached hub id; default: the one the checkpoint records)")
     ap.add_argument("--checkpoint", default=None, help="as COALORA_CHECKPOINT (default 'default')")
@@ -208,11 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     for e in engines.values():
         zerogpu.prepare(e)  # on ZeroGPU: the model moves to CUDA (once: they share it); elsewhere nothing
     if args.write_baselines is not None:
-        from coalora.results import write_records
+        from coalora.results import iter_records, write_records
         from ui.engine import DEFAULT_BASELINES
 
-        recs = engine.measure_baselines()
-        path = write_records(args.write_baselines or engine.baselines_path or DEFAULT_BASELINES, recs)
+        # one set per task of the loaded checkpoints (they do not depend on the checkpoint); the
+        # file keeps the records of other tasks and rows
+        by_task = {e.task: e for e in engines.values()}
+        recs = [r for e in by_task.values() for r in e.measure_baselines()]
+        path = Path(args.write_baselines or engine.baselines_path or DEFAULT_BASELINES)
+        measured = {(r.task, r.split_hash) for r in recs}
+        kept = [r for r in (iter_records(path) if path.is_file() else []) if (r.task, r.split_hash) not in measured]
+        path = write_records(path, kept + recs)
         for r in recs:
             print(f"{r.config_path}: {r.avg_bits:.3f} bits, {r.metric} {r.value:.4f} ± {r.stderr:.4f} "
                   f"(n={r.n}, {r.dtype}, {r.seconds:.1f} s)", file=sys.stderr)

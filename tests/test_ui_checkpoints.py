@@ -149,3 +149,29 @@ def test_a_checkpoint_switch_supersedes_the_running_evaluation(pair):
     h.select_checkpoint(engines, state, "other")
     assert list(stream) == []  # stopped at its next chunk boundary, the session untouched
     assert state.points == [] and state.checkpoint == "other"
+
+
+def test_write_baselines_measures_each_task_and_keeps_other_records(pair, sst2_other, tmp_path, monkeypatch):
+    """`app.py --write-baselines`: the base without adapter at nf2/3/4/8 once per task of the
+    loaded checkpoints, merged into the file (records of other tasks stay)."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import app
+    from coalora.lora import budget
+    from coalora.results import iter_records, write_records
+
+    first, second = pair[0], sst2_other
+    old = dataclasses.replace(first.evaluate_final(first.preset("nf4"), adapter=False), task="piqa")
+    path = write_records(tmp_path / "baselines.json", [old])
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setattr(app, "ensure_nodeps", lambda: False)
+    monkeypatch.setattr(budget, "configure_allocator", lambda: None)
+    monkeypatch.setattr(app, "load_engines", lambda env: {"ckpt": first, "other": second})
+    app.main(["--write-baselines", str(path)])
+    recs = list(iter_records(path))
+    assert [r.task for r in recs] == ["piqa"] + ["lambada"] * 4 + ["sst2"] * 4
+    assert {r.method for r in recs} == {"base"} and [r.config_path for r in recs[1:5]] == ["nf2", "nf3", "nf4", "nf8"]
+    assert recs[1].metric == "bits_per_byte" and recs[5].metric == "accuracy"

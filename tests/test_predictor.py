@@ -94,3 +94,15 @@ def test_target_configurations_stay_out_of_the_gp(tiny_space, tmp_path):
     p = Predictor(tiny_space, "sst2", None, path, split_hash=ROWS, checkpoint=CKPT)
     assert p.predict(tiny_space.preset("nf4")) is not None and len(p.observed) == 4
     assert p.predict(target) is None and p.prob_on_front([target]) is None
+
+
+def test_a_front_of_another_task_is_refused_with_a_notice(tiny_space, tmp_path):
+    """A checkpoint's front on SST-2 accuracy must not be drawn for an lm checkpoint's bits per byte."""
+    from coalora.search.front import FrontPoint, PredictedFront
+
+    pts = (FrontPoint(3.2, tiny_space.preset("nf3"), 0.3, 0.02),)
+    path = PredictedFront(pts, tiny_space, meta={"metric": "accuracy", "task": "sst2"}).save(tmp_path / "front.json")
+    p = Predictor(tiny_space, "lambada", path, None)
+    assert p.front is None and p.metric == "bits_per_byte"  # what f1 encodes on lambada, front or not
+    assert any("fitted on task 'sst2', not 'lambada'" in n for n in p.notices)
+    assert Predictor(tiny_space, "sst2", path, None).front is not None

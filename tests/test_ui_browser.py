@@ -97,3 +97,57 @@ def test_moving_a_slider_adds_a_point_to_the_chart(tmp_path):
             browser.close()
     finally:
         demo.close()
+
+
+def test_the_checkpoint_selector_switches_task_front_and_points(tmp_path):
+    """Two checkpoints on one tiny model (lambada, then an sst2 one alongside): the selector
+    shows both; picking the second evaluates the same configuration on its task (accuracy),
+    its labels say so, and picking the first again brings its bits-per-byte point back."""
+    if not os.path.exists(CHROMIUM) and shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+    from ui.layout import build_app
+    from ui_fixtures import save_adapter_checkpoint
+
+    first = make_tiny_engine(tmp_path, n_rows=24, task="lambada", with_costs=False)
+    base, _ = load_model(str(tmp_path / "tiny-base"), quiet=True)
+    path = save_adapter_checkpoint(base, ConfigSpace.from_model(base, str(tmp_path / "tiny-base")), tmp_path / "sst",
+                                   seed=9, training={"task": "sst2", "recipe": "task", "method": "coalora"})
+    demo = build_app({"ckpt": first, "sst": first.alongside(path)})
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    final = "() => document.querySelector('#status').innerText.includes('final')"
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, viewport={"width": 1400, "height": 1100})
+            page = browser.new_page()
+            errors = []
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}")
+                    if r.status >= 400 else None)
+            page.goto(demo.local_url)
+            page.wait_for_selector("#plot .js-plotly-plot", timeout=60_000)
+            page.get_by_role("button", name="Evaluate current configuration").click()
+            page.wait_for_function(final, timeout=120_000)
+            assert "bits_per_byte" in page.inner_text("#status") and "token perplexity" in page.inner_text("#status")
+            page.locator("#checkpoint input").click()
+            page.get_by_role("option", name="sst: sst2 (accuracy; coalora, task recipe)").click()
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('accuracy')"
+                                   " && document.querySelector('#status').innerText.includes('final')", timeout=120_000)
+            assert page.evaluate("() => document.querySelector('#plot .js-plotly-plot').layout.yaxis.title.text")\
+                .startswith("sst2 accuracy")
+            page.locator("#checkpoint input").click()
+            page.get_by_role("option", name="ckpt: lambada (bits_per_byte; coalora, task recipe)").click()
+            page.wait_for_function(final + " && document.querySelector('#status').innerText.includes('bits_per_byte')",
+                                   timeout=120_000)
+            assert page.evaluate("() => document.querySelector('#plot .js-plotly-plot').layout.yaxis.title.text")\
+                .endswith("lower is better")
+            page.wait_for_timeout(500)
+            assert errors == []
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "app-checkpoint-selector.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()

@@ -135,7 +135,7 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
         yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)"
-                                 + ("" if higher_is_better(metric) else ", lower is better")}},
+                                 + ("" if higher_is_better(metric) else "<br>lower is better")}},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from coalora.data import task_spec
 from coalora.errors import CoaloraError
 from coalora.metrics import from_error, to_error
 from coalora.space import ConfigSpace, Configuration, TargetConfiguration, names_target
@@ -36,7 +37,8 @@ class Predictor:
         self.observations, self.split_hash, self.checkpoint = observations, split_hash, checkpoint
         self.notices: list[str] = []
         self.front = self._read_front(front_path)
-        self.metric = str(self.front.meta.get("metric", "accuracy")) if self.front is not None else "accuracy"
+        self.metric = (str(self.front.meta.get("metric", "accuracy")) if self.front is not None
+                       else "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy")  # what f1 encodes
         self.observed: set[str] = set()  # hashes of the configurations the current GP was fitted on
         self.refits = 0  # successful refits after the first fit
         self._gp: Any = None
@@ -62,6 +64,10 @@ class Predictor:
             return None
         if not front.points:
             self.notices.append(f"The predicted front {Path(path).name} holds no points.")
+            return None
+        if front.meta.get("task") not in (None, self.task):  # its values would mean another metric
+            self.notices.append(f"The predicted front {Path(path).name} was fitted on task {front.meta['task']!r}, "
+                                f"not {self.task!r}: the plot shows no front.")
             return None
         return front
 

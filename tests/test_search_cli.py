@@ -96,3 +96,18 @@ def test_bad_inputs_exit_2(tiny_ckpt, tmp_path, capsys):
     code, _, err = run_cli(capsys, *common(tmp_path, ckpt, "--iterations", "0"))
     assert code == 2 and "checkpoint (tensor sha256)" in err
     assert not (tmp_path / "r.jsonl").exists()  # nothing was evaluated or recorded
+
+
+def test_the_initial_pool_takes_only_the_nf_part_of_a_targets_aware_training_set(tiny_ckpt):
+    """`coalora train --targets` puts bnb / gguf / torchao configurations into the training set;
+    the NF-k search's pool, GP and front must not take them (they did: 20 of the lm
+    checkpoint's first 38 pool points were target configurations)."""
+    from coalora.cli.search import initial_configs
+
+    _, space = tiny_ckpt
+    nf3 = space.preset("nf3")
+    gguf = space.target_configuration("gguf", "Q8_0")
+    meta = {"training": {"train_set": [nf3.to_dict(), gguf.to_dict()]}}
+    configs, source = initial_configs(space, meta, [3.0])
+    assert nf3 in configs and all(c.target == "coalora" for c in configs)
+    assert source.startswith("1 training-set (its 1 deployment-target configurations left out) + ")

@@ -200,12 +200,17 @@ def check_target_args(args: argparse.Namespace) -> None:
 
 
 def initial_configs(space, meta: dict[str, Any], budgets: list[float]) -> tuple[list, str]:
-    """The checkpoint's training set plus allocator configurations at `budgets`."""
+    """The NF-k part of the checkpoint's training set plus allocator configurations at
+    `budgets`. A targets-aware training set (`coalora train --targets`) also holds deployment-
+    target configurations: the NF-k search, its GP and its front never take those."""
+    from coalora.space import DEFAULT_TARGET
     from coalora.train.configs import configs_at_bits
 
     train_set = [space.from_dict(c) for c in (meta.get("training") or {}).get("train_set") or []]
+    nf = [c for c in train_set if c.target == DEFAULT_TARGET]
     alloc, source = configs_at_bits(space, budgets)
-    return list(dict.fromkeys(train_set + alloc)), f"{len(train_set)} training-set + {len(alloc)} {source}"
+    left = f" (its {len(train_set) - len(nf)} deployment-target configurations left out)" if len(nf) < len(train_set) else ""
+    return list(dict.fromkeys(nf + alloc)), f"{len(nf)} training-set{left} + {len(alloc)} {source}"
 
 
 @dataclass

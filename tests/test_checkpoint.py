@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import json
 
 import pytest
@@ -248,3 +249,17 @@ def test_a_checkpoint_saved_before_the_target_inputs_loads_with_the_nf_inputs(tm
         assert torch.equal(loaded.compute_U(nf4), loaded.compute_U(fp4))  # same proxy, nothing else seen
     new = trained_model(tiny_model_dir)
     assert new.spec.theta_inputs == "targets" and new.theta.n_inputs == 9
+
+
+def test_a_shipped_checkpoint_is_found_by_its_name(tmp_path, monkeypatch):
+    """`--checkpoint lm` is assets/checkpoints/lm, unless a path named lm exists where the
+    command runs (a user's own folder wins); other names stay paths."""
+    from coalora.lora.checkpoint import DEFAULT_CHECKPOINT, resolve_checkpoint
+
+    shipped = DEFAULT_CHECKPOINT.parent / "lm"
+    assert (shipped / "checkpoint.json").is_file()  # shipped with the repository
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("lm") == shipped and resolve_checkpoint("default") == DEFAULT_CHECKPOINT
+    assert resolve_checkpoint("runs/lm") == Path("runs/lm") and resolve_checkpoint("nope") == Path("nope")
+    (tmp_path / "lm").mkdir()
+    assert resolve_checkpoint("lm") == Path("lm")

@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--budget", required=True, help="average bits per weight, 2.0322 to 8.625")
     p.add_argument("--method", choices=METHODS, default="ilp",
                    help="; ".join(f"{m}: {h}" for m, h in METHOD_HELP.items()) + " (default ilp)")
-    p.add_argument("--checkpoint", help="trained checkpoint folder or 'default': its search pool (`coalora search`) feeds --method gp")
+    p.add_argument("--checkpoint", help="trained checkpoint folder, or a shipped one by name ('default', 'lm'): its search pool (`coalora search`) feeds --method gp")
     p.add_argument("--pool", help="evaluated configurations for --method gp: result records (JSON lines) or a saved pool")
     p.add_argument("--task", help="with --pool: use only records of this task")
     p.add_argument("--weighting", choices=("mse", "fisher"), default="mse",

@@ -33,8 +33,8 @@ def register(sub) -> None:
         ),
     )
     add_model_arg(p, checkpoint="optional")
-    p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or 'default' "
-                   "(the shipped assets/checkpoints/default); without it the quantized base is evaluated with no adapter")
+    p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or a shipped one by name "
+                   "('default': SST-2, 'lm': LAMBADA next-token; assets/checkpoints/NAME); without it the quantized base is evaluated with no adapter")
     p.add_argument("--config", default="none", help=config_help() + "; or 'none' for the weights as loaded (default)")
     p.add_argument("--task", default="sst2", help=f"one of {', '.join(TASKS)} (default: sst2)")
     p.add_argument("--part", default="test", choices=[*PARTS, ALL_PART],

@@ -21,7 +21,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     from coalora.deploy import EXPORT_TARGETS
 
     p.add_argument("--checkpoint", default="default",
-                   help="checkpoint folder written by `coalora train` (default: the bundled 'default')")
+                   help="checkpoint folder written by `coalora train`, or a shipped one by name (default: the "
+                        "bundled 'default'; 'lm': the LAMBADA next-token one)")
     p.add_argument("--config", required=True, help=config_help())
     add_model_arg(p, checkpoint="required")
 

@@ -34,7 +34,7 @@ def register(sub) -> None:
             "task metric (mean and std) for one quantization configuration. No model is run."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or 'default'")
+    p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or a shipped one by name ('default', 'lm')")
     p.add_argument("--config", required=True, help=config_help())
     add_model_arg(p, checkpoint="required")
     p.add_argument("--pool", default=None, help="pool file (default: assets/front/pool.json for --checkpoint "

@@ -64,7 +64,7 @@ def register(sub) -> None:
             "its real bits per weight, its own pool and front files."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or 'default' (assets/checkpoints/default)")
+    p.add_argument("--checkpoint", required=True, help="a CoA-LoRA checkpoint folder, or a shipped one by name ('default', 'lm': assets/checkpoints/NAME)")
     from coalora.cli.common import add_device_arg, add_model_arg
 
     add_model_arg(p, checkpoint="required")

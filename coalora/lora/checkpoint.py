@@ -124,8 +124,16 @@ def save_checkpoint(model: CoaLoraModel, path: str | Path, metadata: dict[str, A
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """'default' -> DEFAULT_CHECKPOINT; otherwise the path itself."""
-    return DEFAULT_CHECKPOINT if str(path) == "default" else Path(path).expanduser()
+    """'default' -> DEFAULT_CHECKPOINT; the bare name of another shipped checkpoint ('lm':
+    assets/checkpoints/lm) -> its folder, unless a path of that name exists here; otherwise
+    the path itself."""
+    text = str(path)
+    if text == "default":
+        return DEFAULT_CHECKPOINT
+    shipped = DEFAULT_CHECKPOINT.parent / text
+    if Path(text).name == text and not Path(text).exists() and (shipped / META_FILE).is_file():
+        return shipped
+    return Path(path).expanduser()
 
 
 def read_metadata(path: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -5,7 +5,8 @@
         [--plot docs/targets_compare.png]
 
 Scores the quantized base with no adapter and every --checkpoint on every SST-2 **test** row
-(the reporting split; nothing here selects anything) at:
+(--task: another task's test part, e.g. lambada in bits per byte for the lm checkpoint; the
+reporting split; nothing here selects anything) at:
 - coalora's NF-k space: the ILP configurations of the method comparison (results/configs/compare);
 - each deployment target's formats on every matrix: the ones CoA-LoRA trains on
   (coalora.train.configs.TARGET_TRAIN_FORMATS, marked "trained") and a few it never sees
@@ -28,7 +29,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- targets-compare:begin -->", "<!-- targets-compare:end -->"
+
+
+def markers(task: str) -> tuple[str, str]:
+    """The results.md markers of the section for `task` (sst2 keeps the original ones)."""
+    name = "targets-compare" if task == "sst2" else f"targets-compare-{task}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 UNSEEN = {"bnb": ("fp4-dq",), "gguf": ("MXFP4",), "torchao": ("int6-g32", "int4-g128")}
 BUDGETS = {"bnb": (4.3, 6.0), "gguf": (4.8, 6.0), "torchao": ()}  # torchao's ILP picks int8 at any budget
 
@@ -67,11 +73,18 @@ def main() -> int:
                     help="NAME=PATH of a checkpoint to compare (repeat); PATH as `coalora eval --checkpoint` takes it")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    ap.add_argument("--limit", type=int, default=None, help="score only the first N test rows (smoke runs)")
-    ap.add_argument("--records", type=Path, default=ROOT / "results" / "targets_compare.jsonl")
+    ap.add_argument("--task", default="sst2", help="the task whose test part is scored (default sst2; lambada: "
+                    "bits per byte, for an lm-recipe checkpoint)")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N test rows (smaller runs; the report names the row count)")
+    ap.add_argument("--records", type=Path, default=None, help="default results/targets_compare.jsonl "
+                    "(sst2), else results/targets_compare_TASK.jsonl")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
-    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "targets_compare.png")
+    ap.add_argument("--plot", type=Path, default=None, help="default docs/targets_compare.png (sst2), else "
+                    "docs/targets_compare_TASK.png")
     args = ap.parse_args()
+    suffix = "" if args.task == "sst2" else f"_{args.task}"
+    args.records = args.records or ROOT / "results" / f"targets_compare{suffix}.jsonl"
+    args.plot = args.plot or ROOT / "docs" / f"targets_compare{suffix}.png"
 
     from tqdm import tqdm
 
@@ -88,7 +101,7 @@ def main() -> int:
     model, tok = load_model(args.model, dtype=torch.float32)
     space = ConfigSpace.from_model(model, args.model)
     points = configurations(space)
-    split = load_split("sst2", "test", args.seed)
+    split = load_split(args.task, "test", args.seed)
     if args.limit:
         split = split.head(args.limit)
     folders = {name: Path(resolve_checkpoint(path)) for name, path in args.checkpoint}
@@ -143,20 +156,24 @@ def main() -> int:
     bar.close()
 
     report = render(args, points, methods, folders, sha, results, split, code_version(), time.time() - t_all)
-    write_section(args.results, report)
-    plot(args.plot, points, methods, results)
+    write_section(args.results, report, *markers(args.task))
+    plot(args.plot, points, methods, results, f"{args.task} test {metric_of(args.task)}")
     print(report)
     return 0
 
 
 def render(args, points, methods, folders, sha, results, split, version, wall) -> str:
     cmd = " ".join(["bench/targets_compare.py", *(f"--checkpoint {n}={p}" for n, p in args.checkpoint)]
+                   + ([f"--task {args.task}"] if args.task != "sst2" else [])
                    + ([f"--limit {args.limit}"] if args.limit else []))
+    metric = metric_of(args.task)
     lines = [
-        "## θ over the deployment targets (issue 14, item 2)", "",
+        "## θ over the deployment targets (issue 14, item 2)" if args.task == "sst2" else
+        f"## The lm checkpoint on {args.task} (issue 17, item 5)", "",
         f"Command: `.venv/bin/python {cmd}` (code {version}; {wall / 60:.1f} min on the 2-core CPU described in "
         f"docs/benchmarks.md, reusing points already in `{args.records.relative_to(ROOT)}`).", "",
-        f"SST-2 test part, {len(split)} rows (split {split.manifest_hash}), accuracy ± binomial stderr, bf16 compute, "
+        f"{args.task} test part, {len(split)} rows (split {split.manifest_hash}), {metric} ± "
+        f"{'binomial' if metric == 'accuracy' else 'delta-method'} stderr, bf16 compute, "
         "each target's exact simulation (docs/targets.md). Checkpoints: "
         + "; ".join(f"`{n}` = {folders[n].relative_to(ROOT) if folders[n].is_relative_to(ROOT) else folders[n]} "
                     f"(tensors sha256 {sha[n][:12]})" for n in folders) + ". "
@@ -170,7 +187,8 @@ def render(args, points, methods, folders, sha, results, split, version, wall) -
             r = results.get((m, c.hash))
             cells.append("-" if r is None else f"{r['value']:.3f} ± {r['stderr']:.3f}")
         lines.append(f"| {group} | {label} | {c.avg_bits:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean accuracy per group:", "", "| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += ["", f"Mean {metric} per group{'' if metric == 'accuracy' else ' (lower is better)'}:", "",
+              "| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for group in dict.fromkeys(g for g, _, _ in points):
         cs = [c for g, _, c in points if g == group]
         means = [sum(results[(m, c.hash)]["value"] for c in cs) / len(cs) for m in methods]
@@ -179,17 +197,23 @@ def render(args, points, methods, folders, sha, results, split, version, wall) -
     return "\n".join(lines)
 
 
-def write_section(path: Path, report: str) -> None:
+def metric_of(task: str) -> str:
+    from coalora.data import task_spec
+
+    return "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy"
+
+
+def write_section(path: Path, report: str, begin: str, end: str) -> None:
     text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{report}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
 
 
-def plot(path: Path, points, methods, results) -> None:
+def plot(path: Path, points, methods, results, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +231,7 @@ def plot(path: Path, points, methods, results) -> None:
         ax.set_title(group)
         ax.set_xlabel("bits per weight (the runtime's bytes)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("SST-2 test accuracy")
+    axes[0].set_ylabel(ylabel)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -175,3 +175,28 @@ def test_write_baselines_measures_each_task_and_keeps_other_records(pair, sst2_o
     assert [r.task for r in recs] == ["piqa"] + ["lambada"] * 4 + ["sst2"] * 4
     assert {r.method for r in recs} == {"base"} and [r.config_path for r in recs[1:5]] == ["nf2", "nf3", "nf4", "nf8"]
     assert recs[1].metric == "bits_per_byte" and recs[5].metric == "accuracy"
+
+
+@pytest.mark.real
+def test_the_shipped_lm_checkpoint_runs_beside_the_default_and_lowers_bits_per_byte(tmp_path):
+    """The two shipped checkpoints on one SmolLM2 (as the app loads them): the lm one scores
+    LAMBADA in bits per byte, its own front is loaded, and its adapter lowers bits per byte
+    against the quantized base (by ~0.15 on the test rows, docs/results.md; here 16 dev rows)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import app
+    from ui.engine import Engine
+
+    assert [p.name for p in app.shipped_checkpoints()] == ["default", "lm"]
+    default = Engine.load("default", n_rows=16, baselines_path=None, observations=tmp_path / "obs.jsonl")
+    lm = default.alongside("lm", observations=tmp_path / "obs.jsonl")
+    assert lm.model is default.model and lm.task == "lambada" and default.task == "sst2"
+    assert lm.predictor.front is not None and lm.predictor.metric == "bits_per_byte"
+    assert lm.predictor.front.meta["task"] == "lambada" and not lm.notices
+    nf4 = lm.preset("nf4")
+    adapted, base = lm.evaluate_final(nf4), lm.evaluate_final(nf4, adapter=False)
+    assert adapted.metric == "bits_per_byte" and adapted.extra["perplexity"] < base.extra["perplexity"]
+    assert adapted.value < base.value - 0.05, (adapted.value, base.value)
+    assert default.evaluate_final(default.preset("nf4")).metric == "accuracy"  # the default's adapter is back

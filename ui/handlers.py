@@ -10,9 +10,9 @@ and allocations replace the whole configuration. Sliders then show each block's 
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
-import inspect
 from collections import Counter
 from contextlib import closing
 from typing import Any, Callable, Iterator, Mapping

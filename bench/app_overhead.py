@@ -7,7 +7,8 @@ ui.handlers.evaluate_stream for nf4, then for --evals - 1 one-block slider moves
 piece by wrapping it (ui/ is not modified): the scoring of each chunk (iter_eval's next, which
 includes the merge of changed layers), model.set_configuration, the GP prediction,
 ResultRecord.from_estimate / to_dict, and the handlers' figure / status_line / table. Prints
-one markdown table per evaluation: calls, total ms, max ms.
+the time to the first yield (the first streamed estimate, in-process) and one markdown table
+per evaluation: calls, total ms, max ms.
 """
 
 from __future__ import annotations
@@ -86,10 +87,14 @@ def main() -> None:
         state.config = cfg.encode().tolist()
         T.clear()
         t = time.perf_counter()
-        yields = sum(1 for _ in H.evaluate_stream(engine, state))
+        first, yields = None, 0
+        for _ in H.evaluate_stream(engine, state):
+            yields += 1
+            first = first or time.perf_counter() - t  # what the first streamed estimate waits for
         wall = time.perf_counter() - t
         outside = wall - sum(T[SCORING]) - sum(T["model.set_configuration"])
-        print(f"\n{'nf4 (first evaluation)' if not step else 'one block changed'}: wall {wall:.2f} s, {yields} yields, "
+        print(f"\n{'nf4 (first evaluation)' if not step else 'one block changed'}: wall {wall:.2f} s, first yield "
+              f"{first * 1e3:.0f} ms (first chunk scoring {T[SCORING][0] * 1e3:.0f} ms), {yields} yields, "
               f"outside scoring and set_configuration {outside * 1e3:.0f} ms")
         print("| piece | calls | total ms | max ms |\n|---|---|---|---|")
         for k, v in sorted(T.items(), key=lambda kv: -sum(kv[1])):

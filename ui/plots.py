@@ -134,8 +134,10 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
-        yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)"
-                                 + ("" if higher_is_better(metric) else "<br>lower is better")}},
+        yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)" if higher_is_better(metric) else
+                         f"{task} {metric} (lower is better)<br>{rows}, ± 1 stderr, log scale"},
+               # bits per byte: the 2-bit points (5-10) would flatten the 1.2-1.5 where choices are made
+               **({} if higher_is_better(metric) else {"type": "log"})},
         legend={"orientation": "h", "y": -0.2}, margin={"l": 60, "r": 60 if secondary else 20, "t": 30, "b": 40},
         height=480, template="plotly_white", hovermode="closest",
     )

@@ -106,3 +106,34 @@ def test_a_front_of_another_task_is_refused_with_a_notice(tiny_space, tmp_path):
     assert p.front is None and p.metric == "bits_per_byte"  # what f1 encodes on lambada, front or not
     assert any("fitted on task 'sst2', not 'lambada'" in n for n in p.notices)
     assert Predictor(tiny_space, "sst2", path, None).front is not None
+
+
+@pytest.mark.slow  # fits a GP
+def test_a_background_refit_waits_until_the_model_is_quiet(tiny_space, tmp_path, monkeypatch):
+    """A refit beside an evaluation slowed the next slider move (its CPU): observe() refits only
+    once busy() has been False for REFIT_GRACE_S, and one waiting thread takes every observation."""
+    import threading
+    import time
+
+    import coalora.search.predictor as P
+    from coalora.results import ResultRecord
+
+    monkeypatch.setattr(P, "REFIT_GRACE_S", 0.2)
+    path, _ = pool_file(tiny_space, tmp_path)
+    p = Predictor(tiny_space, "sst2", None, path, tmp_path / "obs.jsonl", split_hash=ROWS, checkpoint=CKPT)
+    p.surrogate()
+    busy = threading.Event()
+    busy.set()
+    p.busy = busy.is_set
+    for c in tiny_space.sample(3, seed=5):
+        rec = ResultRecord(task="sst2", metric="accuracy", value=0.7, stderr=0.05, n=8, model=tiny_space.model_name,
+                           checkpoint=CKPT, config=c.to_dict(), config_hash=c.hash, split_hash=ROWS, extra={"done": True})
+        assert p.observe(rec)
+    assert [t.name for t in threading.enumerate()].count("coalora-gp-refit") == 1
+    time.sleep(0.6)
+    assert p.refits == 0  # still evaluating: no refit yet
+    busy.clear()
+    deadline = time.monotonic() + 30
+    while p.refits == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert p.refits == 1 and len(p.observed) == 8 + 3  # one refit took all three observations

@@ -83,6 +83,8 @@ class Engine:
         self.report_split = load_split(task, "test", seed)  # the reportable measure: every test row
         self.dtype = resolve_dtype(dtype, self.model)
         self.predictor, self.costs, self.baselines_path = predictor, costs, baselines_path
+        if predictor is not None:  # GP refits wait until no evaluation (of any checkpoint here) is running
+            predictor.busy = self.turns.busy
         self.notices = list(notices) + (predictor.notices if predictor is not None else [])
         # Downloads go inside this process's temp folder: removed at exit, swept after a crash.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="app-", dir=process_tmp()))

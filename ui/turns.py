@@ -39,6 +39,11 @@ class Turns:
                 del self._last[ticket]
                 self._cond.notify_all()
 
+    def busy(self) -> bool:
+        """Whether any evaluation is registered (running or waiting for its turn)."""
+        with self._cond:
+            return bool(self._queue)
+
     @contextmanager
     def turn(self, ticket: object) -> Iterator[None]:
         """Wait until it is `ticket`'s turn (or the head has gone stale), run one chunk."""

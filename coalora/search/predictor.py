@@ -15,6 +15,7 @@ refit and a failed refit keeps the previous GP and says so in `notices`.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,10 @@ from coalora.errors import CoaloraError
 from coalora.metrics import from_error, to_error
 from coalora.space import ConfigSpace, Configuration, TargetConfiguration, names_target
 
+
+# A background refit waits for the model to be quiet this long (a follow-up edit usually comes
+# sooner), and never longer than REFIT_MAX_WAIT_S in all (steady load still gets refits).
+REFIT_GRACE_S, REFIT_MAX_WAIT_S, REFIT_POLL_S = 1.0, 30.0, 0.05
 
 class Predictor:
     """front_path: the precomputed PredictedFront, or None; pool_path: result records / a saved
@@ -49,6 +54,9 @@ class Predictor:
         self._lock = threading.Lock()  # guards the fitted state
         self._refit_lock = threading.Lock()  # one refit at a time
         self._dirty = threading.Event()
+        # True while the model is evaluating (the app's turn queue): refits wait for a quiet moment
+        self.busy: Callable[[], bool] | None = None
+        self._waiter_lock, self._waiting = threading.Lock(), False
 
     def _read_front(self, path: Path | None) -> Any:
         from coalora.search.front import load_front
@@ -171,10 +179,30 @@ class Predictor:
         append_record(self.observations, record)
         self._dirty.set()
         if background:
-            threading.Thread(target=self.refit, name="coalora-gp-refit", daemon=True).start()
+            with self._waiter_lock:  # one waiting thread at a time; its refit takes every new observation
+                start, self._waiting = not self._waiting, True
+            if start:
+                threading.Thread(target=self._refit_when_idle, name="coalora-gp-refit", daemon=True).start()
         else:
             self.refit()
         return True
+
+    def _refit_when_idle(self) -> None:
+        """Refit once `busy()` has been False for REFIT_GRACE_S (at most REFIT_MAX_WAIT_S later):
+        a refit takes CPU, and run beside the next evaluation it delayed a slider move's first
+        estimate by ~0.24 s and its final score by ~0.6 s (p50, back-to-back moves on 2 cores)."""
+        if self.busy is not None:
+            start = quiet_since = time.monotonic()
+            while time.monotonic() - start < REFIT_MAX_WAIT_S:
+                now = time.monotonic()
+                if self.busy():
+                    quiet_since = now
+                elif now - quiet_since >= REFIT_GRACE_S:
+                    break
+                time.sleep(REFIT_POLL_S)
+        with self._waiter_lock:
+            self._waiting = False  # an observation from here on starts the next waiter
+        self.refit()
 
     def refit(self, wait: bool = False) -> None:
         """Refit while new observations keep arriving; a failure keeps the previous GP.

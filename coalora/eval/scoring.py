@@ -127,11 +127,24 @@ def last_token_logprobs(model, seqs: Sequence[Ids], pad_id: int = 0) -> torch.Te
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
 
 
+LOGPROB_CHUNK_ELEMENTS = 1 << 25  # fp32 temporaries of at most 128 MB each (two live at a time)
+
+
 def _continuation_logprob(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of log p(target): logits (N, L, V), targets/mask (N, L) -> (N,)."""
-    logits = logits.float()
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, L)
-    return (lp * mask).sum(-1)
+    """Sum over positions of log p(target): logits (N, L, V), targets/mask (N, L) -> (N,).
+
+    In row chunks: each row's arithmetic is the same as over the whole batch (tests: equal
+    floats), but the fp32 copy and logsumexp's temporary of a whole lm batch (2,048 tokens x
+    49,152 vocabulary, 0.4 GB each) no longer exist at once."""
+    n, length, vocab = logits.shape
+    rows = max(1, LOGPROB_CHUNK_ELEMENTS // max(1, length * vocab))
+    out = []
+    for i in range(0, n, rows):
+        part = logits[i:i + rows].float()
+        lp = part.gather(-1, targets[i:i + rows].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(part, dim=-1)
+        out.append((lp * mask[i:i + rows]).sum(-1))
+        del part, lp
+    return torch.cat(out)
 
 
 @torch.no_grad()

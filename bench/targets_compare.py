@@ -88,7 +88,7 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    from coalora.data import load_split
+    from coalora.data import load_split, task_spec
     from coalora.eval.harness import iter_eval
     from coalora.lora import CoaLoraModel, load_checkpoint
     from coalora.lora.checkpoint import checkpoint_label, resolve_checkpoint
@@ -157,16 +157,18 @@ def main() -> int:
 
     report = render(args, points, methods, folders, sha, results, split, code_version(), time.time() - t_all)
     write_section(args.results, report, *markers(args.task))
-    plot(args.plot, points, methods, results, f"{args.task} test {metric_of(args.task)}")
+    plot(args.plot, points, methods, results, f"{args.task} test {task_spec(args.task).metric}")
     print(report)
     return 0
 
 
 def render(args, points, methods, folders, sha, results, split, version, wall) -> str:
+    from coalora.data import task_spec
+
     cmd = " ".join(["bench/targets_compare.py", *(f"--checkpoint {n}={p}" for n, p in args.checkpoint)]
                    + ([f"--task {args.task}"] if args.task != "sst2" else [])
                    + ([f"--limit {args.limit}"] if args.limit else []))
-    metric = metric_of(args.task)
+    metric = task_spec(args.task).metric
     lines = [
         "## θ over the deployment targets (issue 14, item 2)" if args.task == "sst2" else
         f"## The lm checkpoint on {args.task} (issue 17, item 5)", "",
@@ -195,12 +197,6 @@ def render(args, points, methods, folders, sha, results, split, version, wall) -
         lines.append(f"| {group} ({len(cs)}) | " + " | ".join(f"{v:.3f}" for v in means) + " |")
     lines += ["", f"![targets comparison]({args.plot.name})"]
     return "\n".join(lines)
-
-
-def metric_of(task: str) -> str:
-    from coalora.data import task_spec
-
-    return "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy"
 
 
 def write_section(path: Path, report: str, begin: str, end: str) -> None:

@@ -47,6 +47,12 @@ class TaskSpec:
     description: str
     reader: Callable[[Path], list[Row]] = field(repr=False, compare=False)
 
+    @property
+    def metric(self) -> str:
+        """What the harness reports for it (coalora's prompts): bits per byte for plain text, else
+        accuracy. The one place the search, the predictor, the app and the benches read it."""
+        return "bits_per_byte" if self.kind == "lm" else "accuracy"
+
 
 def _read_arrow(path: Path) -> list[Row]:
     import pyarrow as pa

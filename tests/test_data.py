@@ -73,3 +73,10 @@ def test_unknown_task_and_part_are_clear_errors():
 def test_lambada_rows_are_plain_passages():
     r = load_split("lambada", "train").rows[0]
     assert r["text"] == r["context"] + r["continuation"] and len(r["text"]) > 50
+
+
+def test_a_tasks_metric_is_decided_by_its_kind():
+    from coalora.data import task_spec
+
+    assert task_spec("lambada").metric == "bits_per_byte"
+    assert {task_spec(t).metric for t in ("sst2", "piqa", "arc_easy")} == {"accuracy"}

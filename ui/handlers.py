@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import gradio as gr
 
+from coalora.data import task_spec
 from coalora.errors import CoaloraError
 from coalora.quant.targets.base import format_bits
 from coalora.quant.setting import FIELD_NAMES, FIELD_VALUES
@@ -88,15 +89,14 @@ def checkpoint_choices(engines: Mapping[str, Engine]) -> list[tuple[str, str]]:
 
 def metric_name(engine: Engine) -> str:
     """The quick eval's metric: bits per byte for a plain-text task, else accuracy."""
-    return "bits_per_byte" if engine.split.kind == "lm" else "accuracy"
+    return task_spec(engine.task).metric
 
 
 def honest_labels(engine: Engine) -> str:
     """What the numbers mean, for the engine in use (model, simulation, quick eval, adapter)."""
     info = engine.info()
-    lm = engine.split.kind == "lm"
     metric = ("**bits per byte** of the passages' text (lower is better; token perplexity beside it), "
-              if lm else "accuracy, ")
+              if metric_name(engine) == "bits_per_byte" else "accuracy, ")
     lines = [
         f"**Model:** {info.model_description}. The shipped weights were already **Q4_1** (about 4.5 bits) before "
         "coalora saw them: \"full precision\" here means those weights dequantized.",

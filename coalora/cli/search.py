@@ -428,7 +428,7 @@ def _metric_of(kind: str, task: str) -> str:
 
     if kind == "loss":
         return "loss"
-    return "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy"
+    return task_spec(task).metric
 
 
 def _f1_meaning(kind: str, task: str, n: int) -> str:

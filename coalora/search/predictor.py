@@ -29,6 +29,7 @@ from coalora.space import ConfigSpace, Configuration, TargetConfiguration, names
 # sooner), and never longer than REFIT_MAX_WAIT_S in all (steady load still gets refits).
 REFIT_GRACE_S, REFIT_MAX_WAIT_S, REFIT_POLL_S = 1.0, 30.0, 0.05
 
+
 class Predictor:
     """front_path: the precomputed PredictedFront, or None; pool_path: result records / a saved
     pool (the GP's starting data), or None; observations: the app's append-only records file,
@@ -43,7 +44,7 @@ class Predictor:
         self.notices: list[str] = []
         self.front = self._read_front(front_path)
         self.metric = (str(self.front.meta.get("metric", "accuracy")) if self.front is not None
-                       else "bits_per_byte" if task_spec(task).kind == "lm" else "accuracy")  # what f1 encodes
+                       else task_spec(task).metric)  # what f1 encodes
         self.observed: set[str] = set()  # hashes of the configurations the current GP was fitted on
         self.refits = 0  # successful refits after the first fit
         self._gp: Any = None

@@ -253,10 +253,7 @@ def load_checkpoint(path: str | Path = "default", dtype: torch.dtype = torch.flo
     from safetensors.torch import load_file
 
     folder, meta = read_metadata(path)
-    try:
-        spec = LoraSpec.from_dict(meta["lora"])
-    except ConfigError as e:
-        raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
+    spec = _lora_spec(folder, meta)
     base = meta["base_model"]
     if model is None:
         from coalora.models import load_model
@@ -297,6 +294,19 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
+def training_method(meta: dict[str, Any]) -> str:
+    """How a checkpoint was trained ("coalora", "lora", "shared"; coalora when it does not say)."""
+    return str((meta.get("training") or {}).get("method", "coalora"))
+
+
+def _lora_spec(folder: Path, meta: dict[str, Any]) -> LoraSpec:
+    """The checkpoint's LoraSpec; CheckpointError naming the file when its section is bad."""
+    try:
+        return LoraSpec.from_dict(meta["lora"])
+    except ConfigError as e:
+        raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
+
+
 def training_task(meta: dict[str, Any]) -> str:
     """The task a checkpoint was trained on (lambada for the lm recipe): what its quick eval,
     pool and front measure by default; sst2 for a checkpoint that does not say."""
@@ -326,7 +336,7 @@ def load_for_eval(checkpoint: str | Path | None, model_name: str | None = None, 
         return LoadedModel(CoaLoraModel.for_base(base, model_name), tok, "base", None, {})
     model, tok, meta = load_checkpoint(checkpoint, dtype=dtype, quiet=quiet, base_model=model_name)
     folder = resolve_checkpoint(checkpoint)
-    method = (meta.get("training") or {}).get("method", "coalora")
+    method = training_method(meta)
     return LoadedModel(model, tok, method, checkpoint_label(folder, meta), meta)
 
 
@@ -351,10 +361,7 @@ def load_alongside(loaded: LoadedModel, checkpoint: str | Path) -> tuple[LoadedM
     if None not in (have, want) and have != want:
         raise ModelMismatchError(f"checkpoint {label!r} was trained on other weights (fingerprint {want}) than the "
                                  f"loaded one's {loaded.checkpoint!r} ({have}); it needs its own base model")
-    try:
-        spec = LoraSpec.from_dict(meta["lora"])
-    except ConfigError as e:
-        raise CheckpointError(f"{str(folder)!r}: bad 'lora' section in {META_FILE}: {e}") from None
+    spec = _lora_spec(folder, meta)
     differ = [f"{k} {getattr(spec, k)!r} vs {getattr(model.spec, k)!r}" for k in _SPEC_STRUCTURE
               if getattr(spec, k) != getattr(model.spec, k)]
     if differ:
@@ -365,7 +372,7 @@ def load_alongside(loaded: LoadedModel, checkpoint: str | Path) -> tuple[LoadedM
     _check_tensors(own, tensors, folder)
     params = {n: torch.nn.Parameter(tensors[n].to(p.device, p.dtype), requires_grad=p.requires_grad)
               for n, p in own.items()}
-    method = (meta.get("training") or {}).get("method", "coalora")
+    method = training_method(meta)
     return LoadedModel(model, loaded.tokenizer, method, label, meta), params
 
 

@@ -260,11 +260,12 @@ def _measured(args: argparse.Namespace) -> _Measured:
 def _objective(args: argparse.Namespace, model, tok, m: _Measured, extra: dict[str, Any] | None = None):
     """The dev-row black box (coalora.search.objective.DevObjective); it builds each point's
     ResultRecord (ResultRecord.from_estimate) with these stamps."""
+    from coalora.lora.checkpoint import training_method
     from coalora.train.objective import dev_objective
 
     return dev_objective(model, tok, m.split, args.objective, args.dtype,
                          max_length=int((m.training.get("args") or {}).get("max_length", 128)),
-                         progress=not args.json, method=m.training.get("method", "coalora"),
+                         progress=not args.json, method=training_method(m.meta),
                          checkpoint=m.pool_meta["checkpoint"],
                          extra={"source": "coalora search", "role": "select", "search_seed": args.seed,
                                 "checkpoint_sha256": m.sha, **(extra or {})})

@@ -191,7 +191,7 @@ class Predictor:
     def _refit_when_idle(self) -> None:
         """Refit once `busy()` has been False for REFIT_GRACE_S (at most REFIT_MAX_WAIT_S later):
         a refit takes CPU, and run beside the next evaluation it delayed a slider move's first
-        estimate by ~0.18 s and its final score by ~0.4 s (p50, back-to-back moves on 2 cores;
+        estimate by ~0.17 s and its final score by ~0.47 s (p50, back-to-back moves on 2 cores;
         bench/refit_cost.py)."""
         if self.busy is not None:
             start = quiet_since = time.monotonic()

@@ -258,6 +258,32 @@ def test_merged_bf16_is_stored_in_bf16_and_as_close_to_fp32_as_unmerged(tiny_spa
         assert torch.equal(_logits(cm, merged=True, bf16=True), got)  # a second forward reuses the merge
 
 
+def test_merged_bf16_casts_the_tied_head_once_with_the_same_logits(tiny_space):
+    cm = _adapted()
+    head = cm.model.get_output_embeddings()
+    assert head.weight is cm.model.get_input_embeddings().weight  # tied, as in SmolLM2
+    config = tiny_space.sample(1, seed=5)[0]
+    cm.set_configuration(config)
+    got = _logits(cm, merged=True, bf16=True)
+    copy = cm._head[1]
+    assert copy.dtype == torch.bfloat16 and torch.equal(copy, head.weight.to(torch.bfloat16))
+    assert "forward" not in head.__dict__  # the head's own forward is back after the call
+    assert torch.equal(_logits(cm, merged=True, bf16=True), got)
+    assert cm._head[1] is copy  # cast once, not per forward
+    assert cm.merged_cached_bytes() == tiny_space.n_params * 2 + copy.numel() * 2  # counted with the merged weights
+    cm.cache_head = False  # autocast casting the fp32 head itself: the same logits, bit for bit
+    assert torch.equal(_logits(cm, merged=True, bf16=True), got)
+    cm.cache_head = True
+    with torch.no_grad():  # an in-place change of the (tied) weights makes a new copy
+        head.weight.mul_(1.5)
+    changed = _logits(cm, merged=True, bf16=True)
+    assert cm._head[1] is not copy and torch.equal(cm._head[1], head.weight.to(torch.bfloat16))
+    assert not torch.equal(changed, got)
+    _logits(cm, merged=True)  # fp32: nothing to cast; the bf16 copy goes with the merged weights
+    cm.release_merged()
+    assert cm._head is None and cm.merged_cached_bytes() == 0
+
+
 def test_merged_adapter_off_gives_the_quantized_base(tiny_space):
     cm = _adapted()
     config = tiny_space.sample(1, seed=4)[0]

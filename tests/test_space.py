@@ -55,6 +55,18 @@ def test_encode_decode_round_trip(tiny_space):
         assert tiny_space.decode(enc.reshape(-1)) == config
 
 
+def test_encode_and_hashes_are_made_once_and_encode_hands_out_copies(tiny_space):
+    c = tiny_space.sample(1, seed=4)[0]
+    twin = tiny_space.decode(c.encode())  # built separately: nothing memoized yet
+    first = c.encode()
+    first.zero_()  # a caller changing its tensor changes nothing for the next one
+    assert torch.equal(c.encode(), twin.encode()) and not torch.equal(c.encode(), first)
+    assert c.encode() is not c.encode()
+    assert hash(c) == hash(twin) and c.hash == twin.hash and c == twin
+    other = c.with_settings({tiny_space.matrices[0].name: QuantSetting(2, 8, "fp32", 64, 256)})
+    assert other.hash != c.hash and not torch.equal(other.encode(), c.encode())
+
+
 def test_sampling_is_seeded(tiny_space):
     assert tiny_space.sample(3, seed=7) == tiny_space.sample(3, seed=7)
     assert tiny_space.sample(3, seed=7) != tiny_space.sample(3, seed=8)

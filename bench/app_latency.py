@@ -7,6 +7,9 @@ What one "change" is: what a user does with one block slider. Each client starts
 and changes one block's weight bits per step (cycling blocks and 2/3/8 bits; every client
 walks its own sequence), sending the new configuration to /evaluate and reading the stream.
 Measured per change: time to the first streamed estimate and to the final quick-eval result.
+With --kind whole a change is a whole new configuration instead: a preset (every third
+change) or the allocation at a budget no other change of the run asks for (/allocate, then
+/evaluate, timed together as the app's budget slider runs them).
 
 Scenarios: --clients 1,4 (default) runs --changes changes (default 20) with 1 client, then the
 same number of changes spread over 4 concurrent clients (5 each). The app shares one model,
@@ -61,12 +64,31 @@ def changes(space, n: int, offset: int) -> list[str]:
     return out
 
 
-def timed(client, text: str, timeout: float) -> dict:
-    """One change: submit, poll the stream -> {first, final, n, status, ...} (seconds)."""
+WHOLE_PRESETS = ("nf3", "nf8", "nf2", "max", "min")
+
+
+def whole_changes(n: int, offset: int) -> list[str | float]:
+    """n whole-configuration changes: every third a preset (in turn), the others a budget in
+    average bits per weight for the app's allocator, spread over [2.2, 8.5) by the golden
+    ratio so that no two changes of the run (any client) ask for the same budget."""
+    out: list[str | float] = []
+    for k in range(n):
+        if k % 3 == 2:
+            out.append(WHOLE_PRESETS[(k // 3 + offset) % len(WHOLE_PRESETS)])
+        else:
+            out.append(round(2.2 + 6.3 * (((offset + 1) * 0.754877 + k * 0.618034) % 1.0), 3))
+    return out
+
+
+def timed(client, change: str | float, timeout: float) -> dict:
+    """One change: submit, poll the stream -> {first, final, n, status, ...} (seconds).
+    change: a configuration JSON text or preset name for /evaluate, or a budget (float): then
+    /allocate first, as the app's budget slider does, and the clock includes it."""
     t0 = time.perf_counter()
-    job = client.submit(text, api_name="/evaluate")
     first = None
     try:
+        text = client.predict(change, "fast", api_name="/allocate") if isinstance(change, float) else change
+        job = client.submit(text, api_name="/evaluate")
         while not job.done():
             if first is None and job.outputs():
                 first = time.perf_counter() - t0
@@ -83,6 +105,7 @@ def timed(client, text: str, timeout: float) -> dict:
         if not rec.get("extra", {}).get("done"):
             return {"status": "error: stream ended before the final record", "first": first, "final": final}
         return {"status": "ok", "first": first, "final": final, "n": rec["n"], "value": rec["value"],
+                "change": change if isinstance(change, float) or change in WHOLE_PRESETS else "one block",
                 "dtype": rec.get("dtype"), "model": rec.get("model"), "method": rec.get("method"),
                 "chunks": len(outs), "config_hash": rec.get("config_hash")}
     except Exception as e:  # noqa: BLE001 - an error is a result here, not the end of the run
@@ -113,11 +136,12 @@ def machine() -> list[str]:
             "(this client runs on the same machine as the app unless --url points elsewhere)"]
 
 
-def run_scenario(url: str, space, n_clients: int, n_changes: int, timeout: float, deadline: float) -> dict:
+def run_scenario(url: str, space, n_clients: int, n_changes: int, timeout: float, deadline: float,
+                 kind: str = "block") -> dict:
     from gradio_client import Client
 
     per = [n_changes // n_clients + (1 if c < n_changes % n_clients else 0) for c in range(n_clients)]
-    seqs = [changes(space, per[c], c) for c in range(n_clients)]
+    seqs = [changes(space, per[c], c) if kind == "block" else whole_changes(per[c], c) for c in range(n_clients)]
     res: list[dict] = []
     lock = threading.Lock()
 
@@ -143,7 +167,7 @@ def run_scenario(url: str, space, n_clients: int, n_changes: int, timeout: float
         t.start()
     for t in threads:  # each change ends by its own timeout; allow the last one in flight to finish
         t.join(max(1.0, deadline - time.monotonic()) + timeout + 30)
-    return {"clients": n_clients, "asked": n_changes, "results": list(res), "wall": time.perf_counter() - t0,
+    return {"clients": n_clients, "kind": kind, "asked": n_changes, "results": list(res), "wall": time.perf_counter() - t0,
             "unfinished_threads": sum(t.is_alive() for t in threads)}
 
 
@@ -156,6 +180,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds one change may take (default 120)")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for the whole run: no change starts after "
                                                                 "it (default 540)")
+    ap.add_argument("--kind", choices=("block", "whole"), default="block",
+                    help="block: each change moves one block's bits (a slider); whole: each change is a whole "
+                         "configuration, a preset or an allocation at a new budget (/allocate, then /evaluate; "
+                         "the clock includes both) (default block)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed evaluations of nf4 first (default 1)")
     ap.add_argument("--model", default=None, help="the app's model (default: read from the app's /allocate answer)")
     ap.add_argument("--json", type=Path, default=None, help="also write every timing to this JSON file")
@@ -173,7 +201,7 @@ def main() -> None:
     deadline = t_start + args.budget
     for line in machine():
         print(line)
-    print(f"app: {args.url}; scenarios: {args.changes} changes with {', then '.join(map(str, clients))} client(s); "
+    print(f"app: {args.url}; scenarios: {args.changes} {args.kind} changes with {', then '.join(map(str, clients))} client(s); "
           f"timeout {args.timeout:g} s per change, budget {args.budget:g} s", flush=True)
     try:
         base = Client(args.url, verbose=False)
@@ -194,12 +222,13 @@ def main() -> None:
         if time.monotonic() > deadline:
             print(f"budget spent: the {n}-client scenario was not run", flush=True)
             continue
-        s = run_scenario(args.url, space, n, args.changes, args.timeout, deadline)
+        s = run_scenario(args.url, space, n, args.changes, args.timeout, deadline, args.kind)
         scenarios.append(s)
         ok = sum(r["status"] == "ok" for r in s["results"])
         print(f"{n} client(s): {ok}/{args.changes} changes finished in {s['wall']:.1f} s", flush=True)
 
     print()
+    print(f"kind of change: {args.kind}\n")
     print("| clients | changes done / asked | ok | timeouts | errors | first estimate p50 / p95 / max (s) "
           "| final p50 / p95 / max (s) | wall (s) | changes per minute |")
     print("|---|---|---|---|---|---|---|---|---|")

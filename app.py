@@ -18,6 +18,8 @@ more memory; coalora/lora/budget.py). `python app.py --model M
 
 Memory (docs/app.md, "Memory"): main() caps glibc's malloc arenas before the app starts its
 threads and the engine trims the heap after each evaluation (coalora/lora/budget.py).
+Threads: main() starts one model thread that loads the model and runs every evaluation
+chunk; torch on any other thread computes single-threaded (ui/model_thread.py says why).
 
 Startup install (Hugging Face Spaces): a Space installs requirements.txt only, and pip's
 requirements format cannot say `--no-deps`. So before anything imports them, main() checks
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     from coalora.lora import budget
 
     budget.configure_allocator()  # before gradio starts its worker threads (docs/app.md, "Memory")
+    from ui import model_thread
+
+    if not zerogpu.on_zerogpu(os.environ):  # there the GPU functions run the model (ui/zerogpu.py)
+        model_thread.start()  # before torch runs anything here: one OpenMP team, on the model thread
 
     if "GRADIO_TEMP_DIR" not in os.environ:  # gradio's cache inside our process folder: gone at exit
         from coalora.tmp import process_tmp
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         budget.BUDGET = budget.from_env(env)  # COALORA_PREFIX_MIB, before the model is built
-        engines = load_engines(env)
+        engines = model_thread.run(load_engines, env)  # loading is model work too (the same thread)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")
         raise SystemExit(2)

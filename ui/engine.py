@@ -39,6 +39,7 @@ from coalora.search.allocate import allocate
 from coalora.search.predictor import Predictor
 from coalora.space import Configuration
 from coalora.tmp import process_tmp
+from ui import model_thread
 from ui.turns import Turns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,8 +251,8 @@ class Engine:
         it = iter_eval(self.model, self.tokenizer, split, dtype=self.dtype, stream=True)
         with self._trimmed(), self.turns.joined() as ticket, closing(it):
             while True:
-                with self.turns.turn(ticket), self._using(config, adapter):
-                    est = next(it, None)
+                with self.turns.turn(ticket):  # waited for here, never on the model thread
+                    est = model_thread.run(self._next_chunk, it, config, adapter)
                 if est is None:
                     return
                 if est.done and pred:  # once, at the end: the first estimate is not delayed
@@ -265,6 +266,11 @@ class Engine:
                     # the GP learns (background refit); it models the NF-k space only
                     self.predictor.observe(rec)
                 yield rec
+
+    def _next_chunk(self, it: Iterator[Any], config: Configuration, adapter: bool) -> Any:
+        """The next estimate of `it`, with the model under `config` (run on the model thread)."""
+        with self._using(config, adapter):
+            return next(it, None)
 
     @staticmethod
     @contextmanager
@@ -287,9 +293,12 @@ class Engine:
             if self._baselines is None and self.baselines_path is not None:
                 self._baselines = latest_per_config(self.baselines_path, task=self.task, model=self.model_name,
                                                     method="base", split_hash=self.split.manifest_hash) or None
-            if self._baselines is None and compute:
-                self._baselines = self.measure_baselines()
-            return list(self._baselines or [])
+            missing = self._baselines is None and compute
+        if missing:  # measured without holding the lock: each chunk takes it on the model thread
+            measured = self.measure_baselines()
+            with self.lock:
+                self._baselines = self._baselines or measured
+        return list(self._baselines or [])
 
     def measure_baselines(self) -> list[ResultRecord]:
         """Quick-eval the quantized base (adapter off) at BASELINE_PRESETS -> final records."""

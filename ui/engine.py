@@ -7,7 +7,9 @@ streamed quick eval at a time (never across a yield) and applies its own adapter
 configuration before each chunk (a no-op when they are already in), so every chunk is scored
 under the configuration of the request that asked for it and an abandoned evaluation never
 holds the lock; evaluations take turns in start order (ui/turns.py), so a configuration is
-applied once per evaluation.
+applied once per evaluation. Model work (each chunk, verify, export) runs on the app's one
+model thread once app.py has started it (ui/model_thread.py): turns are waited for on the
+caller's thread, the lock is taken on the model thread.
 
 Several checkpoints (the app's checkpoint selector): `engine.alongside(checkpoint)` is an
 Engine of another checkpoint trained on the same base model. It shares the model, the lock
@@ -200,13 +202,16 @@ class Engine:
         simulation, fp32 (coalora.deploy.verify) -> the record. Holds the model meanwhile."""
         from coalora.deploy.verify import verify
 
-        with self.lock:
-            self._put_adapter()
-            self._shared.config = None  # verify sets the configuration itself
-            try:
-                return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
-            finally:
-                budget.trim_heap()
+        def on_model_thread() -> dict[str, Any]:
+            with self.lock:
+                self._put_adapter()
+                self._shared.config = None  # verify sets the configuration itself
+                try:
+                    return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
+                finally:
+                    budget.trim_heap()
+
+        return model_thread.run(on_model_thread)
 
     def predict(self, config: Configuration) -> tuple[float, float] | None:  # GP (mean, std) in the metric
         if self.predictor is None or config.target != "coalora":
@@ -322,9 +327,12 @@ class Engine:
                 f"a {config.target} export holds the whole unquantized base model (hundreds of MB), too big for a "
                 f"download here: download the configuration JSON and run `coalora export --target {config.target} "
                 f"--config configuration-{config.hash}.json --out {config.target}-{config.hash}/` (docs/deploy.md)")
-        with self.lock:
-            self._put_adapter()
-            return export_zip(self.model, config, folder, self.model_name)
+        def on_model_thread() -> Path:
+            with self.lock:
+                self._put_adapter()
+                return export_zip(self.model, config, folder, self.model_name)
+
+        return model_thread.run(on_model_thread)
 
     def _put_adapter(self) -> None:
         """Under the lock: this engine's adapter into the shared model (a no-op when it is in)."""

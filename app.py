@@ -208,8 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         budget.BUDGET = budget.from_env(env)  # COALORA_PREFIX_MIB, before the model is built
         engines = model_thread.run(load_engines, env)  # loading is model work too (the same thread)
-        # the GPs' first fit now, not in the first user's evaluation (0.5-0.6 s each)
-        model_thread.run(lambda: [e.predictor.surrogate() for e in engines.values() if e.predictor])
+        # the first checkpoint's GP fitted now, not in the first user's evaluation (0.5-0.6 s); the
+        # others' when a session picks them (memory: an unused checkpoint holds no GP)
+        first = next(iter(engines.values()))
+        if first.predictor:
+            model_thread.run(first.predictor.surrogate)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")
         raise SystemExit(2)

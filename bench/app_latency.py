@@ -14,6 +14,9 @@ change) or the allocation at a budget no other change of the run asks for (/allo
 Scenarios: --clients 1,4 (default) runs --changes changes (default 20) with 1 client, then the
 same number of changes spread over 4 concurrent clients (5 each). The app shares one model,
 so concurrent clients queue on it: their latencies include waiting for the others.
+--in-sequence then also sends the very same changes from one client, one after another
+(`--clients 8 --changes 8 --in-sequence`: 8 concurrent evaluations against the same 8 in
+sequence, compared by wall time).
 
 Robustness: every change has a deadline (--timeout; a late one is cancelled and counted as a
 timeout), the whole run has a budget (--budget; no new change starts after it, and the table
@@ -137,11 +140,15 @@ def machine() -> list[str]:
 
 
 def run_scenario(url: str, space, n_clients: int, n_changes: int, timeout: float, deadline: float,
-                 kind: str = "block") -> dict:
+                 kind: str = "block", in_sequence: bool = False) -> dict:
+    """n_changes spread over n_clients concurrent clients; in_sequence: the very same changes
+    (the same per-client sequences) sent by ONE client, one after another."""
     from gradio_client import Client
 
     per = [n_changes // n_clients + (1 if c < n_changes % n_clients else 0) for c in range(n_clients)]
     seqs = [changes(space, per[c], c) if kind == "block" else whole_changes(per[c], c) for c in range(n_clients)]
+    if in_sequence:
+        seqs = [[change for seq in seqs for change in seq]]
     res: list[dict] = []
     lock = threading.Lock()
 
@@ -162,12 +169,12 @@ def run_scenario(url: str, space, n_clients: int, n_changes: int, timeout: float
                 res.append(r)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in range(n_clients)]
+    threads = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in range(len(seqs))]
     for t in threads:
         t.start()
     for t in threads:  # each change ends by its own timeout; allow the last one in flight to finish
         t.join(max(1.0, deadline - time.monotonic()) + timeout + 30)
-    return {"clients": n_clients, "kind": kind, "asked": n_changes, "results": list(res), "wall": time.perf_counter() - t0,
+    return {"clients": f"{n_clients} in sequence" if in_sequence else n_clients, "kind": kind, "asked": n_changes, "results": list(res), "wall": time.perf_counter() - t0,
             "unfinished_threads": sum(t.is_alive() for t in threads)}
 
 
@@ -184,6 +191,10 @@ def main() -> None:
                     help="block: each change moves one block's bits (a slider); whole: each change is a whole "
                          "configuration, a preset or an allocation at a new budget (/allocate, then /evaluate; "
                          "the clock includes both) (default block)")
+    ap.add_argument("--in-sequence", action="store_true",
+                    help="after each scenario with more than one client, send the very same changes again from one "
+                         "client, one after another (issue 13: concurrent evaluations should take no longer than "
+                         "the same evaluations in sequence)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed evaluations of nf4 first (default 1)")
     ap.add_argument("--model", default=None, help="the app's model (default: read from the app's /allocate answer)")
     ap.add_argument("--json", type=Path, default=None, help="also write every timing to this JSON file")
@@ -222,10 +233,11 @@ def main() -> None:
         if time.monotonic() > deadline:
             print(f"budget spent: the {n}-client scenario was not run", flush=True)
             continue
-        s = run_scenario(args.url, space, n, args.changes, args.timeout, deadline, args.kind)
-        scenarios.append(s)
-        ok = sum(r["status"] == "ok" for r in s["results"])
-        print(f"{n} client(s): {ok}/{args.changes} changes finished in {s['wall']:.1f} s", flush=True)
+        for in_sequence in (False, True) if args.in_sequence and n > 1 else (False,):
+            s = run_scenario(args.url, space, n, args.changes, args.timeout, deadline, args.kind, in_sequence)
+            scenarios.append(s)
+            ok = sum(r["status"] == "ok" for r in s["results"])
+            print(f"{s['clients']} client(s): {ok}/{args.changes} changes finished in {s['wall']:.1f} s", flush=True)
 
     print()
     print(f"kind of change: {args.kind}\n")

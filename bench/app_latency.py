@@ -195,6 +195,9 @@ def main() -> None:
                     help="after each scenario with more than one client, send the very same changes again from one "
                          "client, one after another (issue 13: concurrent evaluations should take no longer than "
                          "the same evaluations in sequence)")
+    ap.add_argument("--sequence-first", action="store_true",
+                    help="with --in-sequence: the one-client run first (the second run finds the first's cache "
+                         "entries; run both orders, each on a fresh app)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed evaluations of nf4 first (default 1)")
     ap.add_argument("--model", default=None, help="the app's model (default: read from the app's /allocate answer)")
     ap.add_argument("--json", type=Path, default=None, help="also write every timing to this JSON file")
@@ -233,7 +236,8 @@ def main() -> None:
         if time.monotonic() > deadline:
             print(f"budget spent: the {n}-client scenario was not run", flush=True)
             continue
-        for in_sequence in (False, True) if args.in_sequence and n > 1 else (False,):
+        order = (True, False) if args.sequence_first else (False, True)
+        for in_sequence in order if args.in_sequence and n > 1 else (False,):
             s = run_scenario(args.url, space, n, args.changes, args.timeout, deadline, args.kind, in_sequence)
             scenarios.append(s)
             ok = sum(r["status"] == "ok" for r in s["results"])

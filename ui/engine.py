@@ -327,6 +327,7 @@ class Engine:
                 f"a {config.target} export holds the whole unquantized base model (hundreds of MB), too big for a "
                 f"download here: download the configuration JSON and run `coalora export --target {config.target} "
                 f"--config configuration-{config.hash}.json --out {config.target}-{config.hash}/` (docs/deploy.md)")
+
         def on_model_thread() -> Path:
             with self.lock:
                 self._put_adapter()

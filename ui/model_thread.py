@@ -4,11 +4,11 @@ Why: torch's CPU kernels run on OpenMP (libgomp), which keeps one team of worker
 thread that ever ran a parallel region, for as long as that thread lives. Gradio runs each
 streamed chunk on whichever of its worker threads is free, so the app soon held several teams,
 more OpenMP threads than cores, and libgomp then stops spinning between parallel regions: the
-model's thousands of small kernels per forward each paid a sleep and a wake-up. Measured on
-the 2-core machine (docs/benchmarks.md, "One model thread"): a whole-configuration quick eval
-took 4.7-5.0 s with chunks on varying threads against 3.2-3.4 s on one thread, and a second
-live team slowed every thread, the first one included, with CPU use falling from 1.9 to 1.45
-cores.
+model's thousands of small kernels per forward each paid a sleep and a wake-up. On the 2-core
+machine a second live team made every thread, the first one included, ~1.7x slower on
+small kernels, using 1.3 of the 2 cores (`bench/omp_teams.py`); through the API a
+whole-configuration change went from 5.23 to 3.96 s p50 with this module (docs/benchmarks.md,
+"One model thread").
 
 So `start()` (app.py calls it first, before torch runs anything) makes the calling thread and
 every thread started later compute single-threaded, and starts one model thread with the

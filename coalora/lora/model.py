@@ -36,8 +36,8 @@ entries up to `merged_cache_bytes`; a configuration larger than `merged_bytes` i
 (unmerged path). `release_merged()` frees them; `merge_for_inference = False` switches
 merging off. The output projection (the head; SmolLM2's is tied to the embeddings) is kept
 in the compute dtype too while merged forwards run, cast once instead of by autocast in
-every forward (~25 ms a forward for SmolLM2's 49152x576 head on 2 cores; the same values,
-so the same logits); its bytes count against `merged_cache_bytes`.
+every forward (~20 ms a forward for SmolLM2's 49152x576 head on 2 cores, bench/head_cast.py;
+the same values, so the same logits); its bytes count against `merged_cache_bytes`.
 
 Prefix reuse (issue 13; coalora.lora.prefix): an inference forward without a KV cache
 (grad off, eval mode, `use_cache=False`, keyword arguments only, as the eval's label and

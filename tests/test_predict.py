@@ -59,6 +59,26 @@ def test_predict_json(tiny, capsys):
     assert code == 0 and json.loads(out8)["mean"] > d["mean"]
 
 
+def test_predict_serves_a_language_modelling_pool_in_bits_per_byte(tiny, tmp_path, capsys):
+    from coalora.eval.harness import quick_split
+    from coalora.search.loop import Pool
+    from coalora.search.objective import describe
+
+    folder, _, space, _, header = tiny
+    configs = space.sample(8, seed=1) + [space.preset(n) for n in ("nf2", "nf3", "nf4", "nf8")]
+    values = [1.2 + 2.0 * torch.exp(-torch.tensor(c.avg_bits - 2.0)).item() for c in configs]  # bpb falls with bits
+    pool = Pool(space)
+    pool.add(configs, values)
+    path = pool.save(tmp_path / "lm_pool.json", {**header, **describe(quick_split("lambada"), "error")})
+    argv = ["predict", "--checkpoint", str(folder), "--pool", str(path), "--task", "lambada", "--json"]
+    code, out, err = run_cli(capsys, *argv, "--config", "nf2")
+    assert code == 0, err
+    low = json.loads(out)
+    assert low["metric"] == "bits_per_byte" and low["task"] == "lambada" and low["mean"] > 1.2
+    code, out, _ = run_cli(capsys, *argv, "--config", "nf8")
+    assert code == 0 and json.loads(out)["mean"] < low["mean"]  # more bits, fewer bits per byte: not 1 - value
+
+
 def test_predict_refusals(tiny, tmp_path, capsys):
     from coalora.space import ConfigSpace
 

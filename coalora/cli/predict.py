@@ -3,6 +3,7 @@ shipped pool (docs/design.md, "Search").
 
     coalora predict --checkpoint default --config nf3 --json
     -> {"mean": 0.78, "std": 0.02, "metric": "accuracy", "rows": 174, "split_hash": "...", ...}
+    coalora predict --checkpoint lm --config nf4 --json          # LAMBADA: "metric": "bits_per_byte"
 
 std is the predictive one: how a quick-eval measurement of the configuration scatters around
 the mean (the GP's latent std plus its learned noise, which also holds what its features
@@ -28,7 +29,7 @@ from coalora.errors import ConfigError, ModelMismatchError
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="the GP's predicted accuracy (mean, std) of a configuration from a checkpoint's pool",
+        help="the GP's predicted task metric (mean, std) of a configuration from a checkpoint's pool",
         description=(
             "Fit the GP on a checkpoint's pool of quick-eval measurements and print its predicted "
             "task metric (mean and std) for one quantization configuration. No model is run."
@@ -84,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     task = args.task or training.get("task")
     if task is None:
         raise ConfigError("--task is required: the checkpoint does not name its training task")
-    task_spec(task)
-    if task_spec(task).kind == "lm":
-        raise ConfigError(f"task {task!r} has no accuracy; predict serves accuracy tasks")
+    metric = task_spec(task).metric  # accuracy, or bits per byte for a language-modelling task
     split = quick_split(task, int((training.get("args") or {}).get("split_seed", 0)))
     pool_path = Path(args.pool) if args.pool else default_paths(args.checkpoint, folder)[0]
     header = read_pool_header(pool_path)
@@ -99,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
     gp = fit_surrogate(pool.configs, pool.values, space)
     mean, std_latent = gp.predict([config])
     _, std = gp.predict([config], observation_noise=True)
-    metric = "accuracy"
     out = {"mean": from_error(metric, float(mean[0])), "std": float(std[0]), "std_latent": float(std_latent[0]),
            "metric": metric,
            "rows": len(split), "split_hash": split.manifest_hash, "n_observations": gp.n_observations,

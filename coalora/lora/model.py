@@ -64,7 +64,8 @@ from coalora.errors import ConfigError
 from coalora.lora import budget
 from coalora.lora.hypernet import ConfigHyperNet
 from coalora.lora.layer import CoaLoraLinear
-from coalora.lora.prefix import REUSABLE_KWARGS, PrefixCache, boundary_keys, find_layers, tensor_digest
+from coalora.lora.prefix import (REUSABLE_KWARGS, PrefixCache, boundary_keys, find_layers, forwards_replaced,
+                                 tensor_digest)
 from coalora.lora.spec import LoraSpec
 from coalora.lora.switcher import WeightSwitcher
 from coalora.space import MODULE_TYPES, ConfigSpace, Configuration
@@ -383,22 +384,15 @@ class CoaLoraModel(nn.Module):
             head = self._head_in(dtype)  # before merging: its bytes count in the LRU's eviction
             self._ensure_merged(dtype)
             self._set_use_merged(True)  # only inside this call: direct calls of self.model stay unmerged
-        saved_head = head[0].__dict__.get("forward") if head else None
         try:
-            if head:
-                head[0].forward = _Projection(head[1])
-            keys = self._prefix_keys(args, kwargs, dtype, merged)
-            if keys is None:
-                return self.model(*args, **kwargs)
-            return self.prefix.run(self._layers, keys, lambda: self.model(**kwargs))
+            with forwards_replaced([(head[0], _Projection(head[1]))] if head else []):
+                keys = self._prefix_keys(args, kwargs, dtype, merged)
+                if keys is None:
+                    return self.model(*args, **kwargs)
+                return self.prefix.run(self._layers, keys, lambda: self.model(**kwargs))
         finally:
             if merged:
                 self._set_use_merged(False)
-            if head:
-                if saved_head is None:
-                    head[0].__dict__.pop("forward", None)
-                else:
-                    head[0].forward = saved_head
 
     # ---- prefix reuse (see the module docstring and coalora.lora.prefix) --------------------
     def _prefix_keys(self, args: tuple, kwargs: dict[str, Any], dtype: torch.dtype, merged: bool) -> list[bytes] | None:

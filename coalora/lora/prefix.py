@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -148,20 +149,31 @@ class PrefixCache:
         self.stats["reused"] += start_at > 0
         self.stats["blocks_skipped"] += start_at
         self.stats["blocks_run"] += n - start_at
-        saved = [layer.__dict__.get("forward") for layer in layers]
-        try:
-            for i, layer in enumerate(layers):
-                if i < start_at:
-                    layer.forward = _Cached(cached)
-                elif (i + 1) % self.stride == 0 or i + 1 == n:
-                    layer.forward = _Recording(layer.forward, self, keys[i + 1])
+        swaps = []
+        for i, layer in enumerate(layers):
+            if i < start_at:
+                swaps.append((layer, _Cached(cached)))
+            elif (i + 1) % self.stride == 0 or i + 1 == n:
+                swaps.append((layer, _Recording(layer.forward, self, keys[i + 1])))
+        with forwards_replaced(swaps):
             return call()
-        finally:
-            for layer, old in zip(layers, saved):
-                if old is None:
-                    layer.__dict__.pop("forward", None)
-                else:
-                    layer.forward = old
+
+
+@contextmanager
+def forwards_replaced(swaps: Sequence[tuple[nn.Module, Callable[..., Any]]]) -> Iterator[None]:
+    """For the block, each module's `forward` is the given callable (an instance attribute);
+    afterwards each module's own state is back (its earlier instance attribute, or none)."""
+    saved = [(module, module.__dict__.get("forward")) for module, _ in swaps]
+    try:
+        for module, fn in swaps:
+            module.forward = fn
+        yield
+    finally:
+        for module, old in saved:
+            if old is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = old
 
 
 class _Cached:

@@ -210,13 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         engines = model_thread.run(load_engines, env)  # loading is model work too (the same thread)
         # the first checkpoint's GP fitted now, not in the first user's evaluation (0.5-0.6 s); the
         # others' when a session picks them (memory: an unused checkpoint holds no GP)
-        first = next(iter(engines.values()))
-        if first.predictor:
-            model_thread.run(first.predictor.surrogate)
+        engine = next(iter(engines.values()))
+        if engine.predictor:
+            model_thread.run(engine.predictor.surrogate)
     except CoaloraError as e:  # bad COALORA_* settings: one line, exit 2 (as the command line)
         _log(f"error: {e}")
         raise SystemExit(2)
-    engine = next(iter(engines.values()))
     for e in engines.values():
         zerogpu.prepare(e)  # on ZeroGPU: the model moves to CUDA (once: they share it); elsewhere nothing
     if args.write_baselines is not None:

@@ -27,7 +27,7 @@ import time
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from coalora.data import load_split
 from coalora.errors import ConfigError
@@ -45,6 +45,7 @@ from ui import model_thread
 from ui.turns import Turns
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 DEFAULT_FRONT = ROOT / "assets" / "front" / "default.json"
 DEFAULT_BASELINES = ROOT / "assets" / "front" / "baselines.json"
 DEFAULT_POOL = ROOT / "assets" / "front" / "pool.json"
@@ -202,16 +203,14 @@ class Engine:
         simulation, fp32 (coalora.deploy.verify) -> the record. Holds the model meanwhile."""
         from coalora.deploy.verify import verify
 
-        def on_model_thread() -> dict[str, Any]:
-            with self.lock:
-                self._put_adapter()
-                self._shared.config = None  # verify sets the configuration itself
-                try:
-                    return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
-                finally:
-                    budget.trim_heap()
+        def work() -> dict[str, Any]:
+            self._shared.config = None  # verify sets the configuration itself
+            try:
+                return verify(self.model, self.tokenizer, config, config.target, task=self.task, n=len(self.split))
+            finally:
+                budget.trim_heap()
 
-        return model_thread.run(on_model_thread)
+        return self._with_model(work)
 
     def predict(self, config: Configuration) -> tuple[float, float] | None:  # GP (mean, std) in the metric
         if self.predictor is None or config.target != "coalora":
@@ -327,13 +326,16 @@ class Engine:
                 f"a {config.target} export holds the whole unquantized base model (hundreds of MB), too big for a "
                 f"download here: download the configuration JSON and run `coalora export --target {config.target} "
                 f"--config configuration-{config.hash}.json --out {config.target}-{config.hash}/` (docs/deploy.md)")
+        return self._with_model(lambda: export_zip(self.model, config, folder, self.model_name))
 
-        def on_model_thread() -> Path:
+    def _with_model(self, work: Callable[[], T]) -> T:
+        """work() on the model thread, holding the lock with this engine's adapter in."""
+        def locked() -> T:
             with self.lock:
                 self._put_adapter()
-                return export_zip(self.model, config, folder, self.model_name)
+                return work()
 
-        return model_thread.run(on_model_thread)
+        return model_thread.run(locked)
 
     def _put_adapter(self) -> None:
         """Under the lock: this engine's adapter into the shared model (a no-op when it is in)."""

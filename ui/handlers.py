@@ -63,6 +63,13 @@ def engine_of(engines: Mapping[str, Engine], state: SessionState) -> Engine:
     return engines.get(state.checkpoint or "") or next(iter(engines.values()))
 
 
+def _loaded(engines: Mapping[str, Engine], name: str) -> Engine:
+    """The engine of checkpoint `name`; a gr.Error naming the loaded ones when there is none."""
+    if name not in engines:
+        raise gr.Error(f"checkpoint {name!r} is not loaded in this app; loaded: {', '.join(engines)}")
+    return engines[name]
+
+
 def per_session(engines: Mapping[str, Engine], fn: Callable[..., Any]) -> Callable[..., Any]:
     """A handler fn(engine, state, *values) as gradio calls it, (state, *values), with the
     engine of the session's checkpoint; a generator function (a streamed evaluation) stays one."""
@@ -118,10 +125,8 @@ def select_checkpoint(engines: Mapping[str, Engine], state: SessionState, name: 
     """Use checkpoint `name` for this session: its adapter on the same configuration, its task's
     quick eval, front and points -> [state, labels, figure, status, table, report line]; the
     layout chains the evaluation of the configuration under it."""
-    if name not in engines:
-        raise gr.Error(f"checkpoint {name!r} is not loaded in this app; loaded: {', '.join(engines)}")
+    engine = _loaded(engines, name)
     state.switch_checkpoint(state.checkpoint or next(iter(engines)), name)
-    engine = engines[name]
     info = engine.info()
     status = (f"Checkpoint **{name}** ({info.task}, {metric_name(engine)}): evaluating the current configuration "
               "with its adapter.")
@@ -554,11 +559,7 @@ def compute_baselines(engine: Engine, state: SessionState) -> list[Any]:
 # ---- API -----------------------------------------------------------------------------------
 def api_engine(engines: Mapping[str, Engine], checkpoint: str = "") -> Engine:
     """The engine of the API's `checkpoint` argument ('' or None: the app's first checkpoint)."""
-    if not checkpoint:
-        return next(iter(engines.values()))
-    if checkpoint not in engines:
-        raise gr.Error(f"checkpoint {checkpoint!r} is not loaded in this app; loaded: {', '.join(engines)}")
-    return engines[checkpoint]
+    return _loaded(engines, checkpoint) if checkpoint else next(iter(engines.values()))
 
 
 def api_config(engine: Engine, text: str) -> Configuration:

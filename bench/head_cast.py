@@ -23,19 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostinfo import cpu_name  # noqa: E402  (bench/hostinfo.py)
-from refit_cost import moves  # noqa: E402  (the same one-block moves)
-
-
-def timed(engine, cfg) -> tuple[float, float, float]:
-    """One app evaluation -> (first estimate s, final s, final value)."""
-    import ui.handlers as H
-    from ui.state import SessionState
-
-    state = SessionState(config=cfg.encode().tolist())
-    t, first = time.perf_counter(), None
-    for _ in H.evaluate_stream(engine, state):
-        first = first or time.perf_counter() - t
-    return first, time.perf_counter() - t, state.points[-1]["value"]
+from refit_cost import moves, timed  # noqa: E402  (the same one-block moves, timed alike)
 
 
 def main() -> None:

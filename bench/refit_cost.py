@@ -35,15 +35,26 @@ def moves(engine, n: int):
         yield cfg
 
 
-def run(learn: bool, n: int) -> dict:
+def timed(engine, cfg) -> tuple[float, float, float]:
+    """One app evaluation of `cfg` (ui.handlers.evaluate_stream) -> (first estimate s, final s,
+    final value)."""
     import ui.handlers as H
-    from ui.engine import Engine
     from ui.state import SessionState
+
+    state = SessionState(config=cfg.encode().tolist())
+    t, first = time.perf_counter(), None
+    for _ in H.evaluate_stream(engine, state):
+        first = first or time.perf_counter() - t
+    return first, time.perf_counter() - t, state.points[-1]["value"]
+
+
+def run(learn: bool, n: int) -> dict:
+    from ui.engine import Engine
 
     obs = Path(tempfile.mkdtemp(prefix="refit-cost-")) / "observations.jsonl" if learn else None
     engine = Engine.load("default", observations=obs)
     nf4 = engine.space.preset("nf4")
-    list(H.evaluate_stream(engine, SessionState(config=nf4.encode().tolist())))  # warm: quantize, merge, first fit
+    timed(engine, nf4)  # warm: quantize, merge, first fit
     refit_s = None
     if learn:  # the warm point's refit, timed alone: what one refit costs
         t = time.perf_counter()
@@ -52,12 +63,9 @@ def run(learn: bool, n: int) -> dict:
     before = engine.predictor.refits
     firsts, finals = [], []
     for cfg in moves(engine, n):
-        state = SessionState(config=cfg.encode().tolist())
-        t, first = time.perf_counter(), None
-        for _ in H.evaluate_stream(engine, state):
-            first = first or time.perf_counter() - t
+        first, final, _ = timed(engine, cfg)
         firsts.append(first)
-        finals.append(time.perf_counter() - t)
+        finals.append(final)
     return {"first": firsts, "final": finals, "refits": engine.predictor.refits - before, "refit_s": refit_s}
 
 

@@ -283,8 +283,8 @@ class Configuration:
 
     def _memo(self, name: str, make: Callable[[], Any]) -> Any:
         """A value derived from the (frozen) fields, made once per instance: the GP's rival
-        sets encode and hash hundreds of configurations per app evaluation (70 ms a call
-        when each encode walked 210 settings again)."""
+        sets encode and hash hundreds of configurations per app evaluation, and each encode
+        walked 210 settings again (docs/benchmarks.md, "One model thread")."""
         value = self.__dict__.get(name)
         if value is None:
             value = make()

@@ -30,6 +30,14 @@ from coalora.space import ConfigSpace, Configuration, TargetConfiguration, names
 REFIT_GRACE_S, REFIT_MAX_WAIT_S, REFIT_POLL_S = 1.0, 30.0, 0.05
 
 
+def _exiting() -> bool:
+    """Whether the interpreter is shutting down: threading stops the main thread before it joins
+    the others. The refit thread is not a daemon because a daemon thread still inside torch when
+    the interpreter finalizes aborts the process ("terminate called without an active
+    exception", exit 134); instead it skips work that has not begun once this is True."""
+    return not threading.main_thread().is_alive()
+
+
 class Predictor:
     """front_path: the precomputed PredictedFront, or None; pool_path: result records / a saved
     pool (the GP's starting data), or None; observations: the app's append-only records file,
@@ -183,7 +191,7 @@ class Predictor:
             with self._waiter_lock:  # one waiting thread at a time; its refit takes every new observation
                 start, self._waiting = not self._waiting, True
             if start:
-                threading.Thread(target=self._refit_when_idle, name="coalora-gp-refit", daemon=True).start()
+                threading.Thread(target=self._refit_when_idle, name="coalora-gp-refit").start()
         else:
             self.refit()
         return True
@@ -196,6 +204,8 @@ class Predictor:
         if self.busy is not None:
             start = quiet_since = time.monotonic()
             while time.monotonic() - start < REFIT_MAX_WAIT_S:
+                if _exiting():
+                    return  # the process is ending: a refit would only delay its exit
                 now = time.monotonic()
                 if self.busy():
                     quiet_since = now
@@ -212,7 +222,7 @@ class Predictor:
         if not self._refit_lock.acquire(blocking=wait):
             return  # the running refit sees the dirty flag and goes again
         try:
-            while self._dirty.is_set():
+            while self._dirty.is_set() and not _exiting():
                 self._dirty.clear()
                 try:
                     self._fit()

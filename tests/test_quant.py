@@ -15,7 +15,7 @@ from coalora.quant import (
     packed_bytes,
     quantize,
 )
-from coalora.quant.nf import _midpoints, double_quantize_scales, nearest_level
+from coalora.quant.nf import _level_lut, _midpoints, double_quantize_scales, nearest_level, nearest_values
 from coalora.quant.packing import pack_codes, packed_nbytes, unpack_codes
 
 
@@ -61,15 +61,20 @@ def test_unpack_rejects_wrong_length():
         unpack_codes(torch.zeros(3, dtype=torch.uint8), 3, 100)
 
 
+@pytest.mark.parametrize("family", ["nf", "int"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_nearest_level_equals_bucketize_including_midpoints(bits):
-    mid = _midpoints(bits, "nf")
+def test_nearest_level_equals_bucketize_including_midpoints(bits, family):
+    mid = _midpoints(bits, family)
+    k = _level_lut(bits, family)[0]
+    edges = torch.linspace(-1.0, 1.0, k + 1)  # the lookup grid's bin edges, where rounding picks a bin
     x = torch.cat([
         torch.randn(200_000, generator=torch.Generator().manual_seed(1)) * 0.6,
-        mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1),
+        *(torch.cat([p, torch.nextafter(p, p + 1), torch.nextafter(p, p - 1)]) for p in (mid, edges)),
         torch.tensor([-1.0, 1.0, 0.0, -5.0, 5.0]),
     ])
-    assert torch.equal(nearest_level(x, bits, "nf"), torch.bucketize(x, mid))
+    want = torch.bucketize(x, mid)
+    assert torch.equal(nearest_level(x, bits, family), want)
+    assert torch.equal(nearest_values(x, bits, family), codebook(bits, family)[want])  # fake quantization's path
 
 
 SHAPES = [(64, 64), (192, 576), (37, 51), (5,), (3, 16, 16)]

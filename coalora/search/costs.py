@@ -23,7 +23,7 @@ import torch
 
 from coalora.errors import ConfigError
 from coalora.io import atomic_write_bytes, atomic_write_text
-from coalora.quant.nf import FAMILIES, block_codes, block_values, block_view, double_quantize_scales
+from coalora.quant.nf import FAMILIES, block_levels, block_view, double_quantize_scales
 from coalora.quant.setting import QuantSetting, all_settings
 from coalora.space import ConfigSpace
 
@@ -192,8 +192,7 @@ def _matrix_errors(w: torch.Tensor, fisher: torch.Tensor | None, settings: tuple
         s, sel, rows, fsel = per_b0[b0]
         # Scales from the whole matrix (exact even when sampling), then the sampled blocks.
         s_hat = double_quantize_scales(s, st)[3][rows]  # (n_sel,)
-        codes = block_codes(sel, s_hat, st.bits, family)
-        d2 = (sel - block_values(codes, s_hat, st.bits, family)).square_()
+        d2 = (sel - block_levels(sel, s_hat, st.bits, family)).square_()
         if fsel is not None:
             d2.mul_(fsel)
         out[j] = d2.sum(dtype=torch.float64) * factor

@@ -89,7 +89,7 @@ def _level_slots(x: torch.Tensor, bits: int, family: str) -> torch.Tensor:
     k, mid, _, _ = _level_lut(bits, family)
     x = x.reshape(-1)
     j = x.mul(k / 2).add_(k / 2).clamp_(0, k - 1).to(torch.int32)  # grid bin of each x
-    above = x > torch.index_select(mid, 0, j)
+    above = x > torch.index_select(mid.to(x.device), 0, j)
     return j.mul_(2).add_(above)  # in place: int32 and index_select are ~2.4x faster than int64 gathers
 
 
@@ -101,14 +101,14 @@ def nearest_level(x: torch.Tensor, bits: int, family: str = "nf") -> torch.Tenso
     tested, midpoints and their float neighbours included.
     """
     _, _, codes, _ = _level_lut(bits, family)
-    return torch.index_select(codes, 0, _level_slots(x, bits, family)).view(x.shape)
+    return torch.index_select(codes.to(x.device), 0, _level_slots(x, bits, family)).view(x.shape)
 
 
 def nearest_values(x: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
-    """The nearest codebook level's value, float32 = codebook[nearest_level(x)], without the
-    int64 codes (half the memory traffic of the fake-quantization hot loop)."""
+    """The nearest codebook level's value, float32 = codebook[nearest_level(x)], looked up from
+    the slot directly: no int64 codes, no second gather (fake quantization's hot loop)."""
     _, _, _, values = _level_lut(bits, family)
-    return torch.index_select(values, 0, _level_slots(x, bits, family)).view(x.shape)
+    return torch.index_select(values.to(x.device), 0, _level_slots(x, bits, family)).view(x.shape)
 
 
 @dataclass(frozen=True)
@@ -197,14 +197,17 @@ def double_quantize_scales(
 def block_codes(blocks: torch.Tensor, s_hat: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
     """Weight codes of blocks (n, B0) under their scales s_hat (n,): -> (n, B0) int64 level indices.
     A zero scale (an all-zero block) codes w / 1 = 0 exactly."""
-    denom = torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))
-    return nearest_level(blocks / denom[:, None], bits, family)
+    return nearest_level(_unit(blocks, s_hat), bits, family)
+
+
+def _unit(blocks: torch.Tensor, s_hat: torch.Tensor) -> torch.Tensor:
+    """Blocks (n, B0) divided by their scales (n,); a zero scale divides by 1."""
+    return blocks / torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))[:, None]
 
 
 def block_levels(blocks: torch.Tensor, s_hat: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:
     """block_values(block_codes(blocks, s_hat, ...), s_hat, ...) bit for bit, faster: (n, B0) float32."""
-    denom = torch.where(s_hat > 0, s_hat, torch.ones_like(s_hat))
-    return nearest_values(blocks / denom[:, None], bits, family).mul_(s_hat[:, None])
+    return nearest_values(_unit(blocks, s_hat), bits, family).mul_(s_hat[:, None])
 
 
 def block_values(codes: torch.Tensor, s_hat: torch.Tensor, bits: int, family: str = "nf") -> torch.Tensor:

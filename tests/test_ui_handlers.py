@@ -97,7 +97,8 @@ def test_evaluation_streams_tightening_estimates_and_records_the_point(engine):
     assert len(outs) >= 2
     ns = [o[0].current["n"] for o in outs]  # state objects are shared: read n from the status text
     assert ns[-1] == len(engine.split)
-    assert "final" in outs[-1][2] and "streaming" in outs[0][2]
+    assert "waiting for the first estimate" in outs[0][2]  # at once, before any model work
+    assert "final" in outs[-1][2] and "streaming" in outs[1][2]
     assert len(st.points) == 1 and st.points[0]["config_hash"] == engine.preset("nf3").hash
     final = engine.evaluate_final(engine.preset("nf3"))
     assert st.points[0]["value"] == final.value and st.points[0]["n"] == final.n
@@ -242,6 +243,7 @@ def test_an_abandoned_evaluation_releases_the_model_and_changes_nothing(lm_engin
     st = SessionState()
     h.apply_preset(engine, st, "nf2")
     hgen = h.evaluate_stream(engine, st)
+    assert "waiting for the first estimate" in next(hgen)[2]
     out = next(hgen)
     assert "streaming" in out[2] and st.points == []  # cancelled before its final record
     if how == "closed":
@@ -272,6 +274,7 @@ def test_a_newer_edit_supersedes_the_running_evaluation(lm_engine, monkeypatch):
     st = SessionState()
     h.apply_preset(engine, st, "nf2")
     gen = h.evaluate_stream(engine, st)
+    assert "waiting for the first estimate" in next(gen)[2] and pulled == []  # no model work yet
     assert "streaming" in next(gen)[2]
     h.apply_preset(engine, st, "nf8")  # the newer edit, while nf2 is still streaming
     assert next(gen, None) is None  # superseded: it ends ...
@@ -386,8 +389,13 @@ def test_the_gp_learns_from_every_app_evaluation_and_remembers_across_restarts(t
     assert [t.name for t in h.figure(engine, shown).data if "this session" in t.name] == ["this session, seen by the front"]
     st = SessionState()
     st.config = engine.preset("nf3").encode().tolist()
-    list(h.evaluate_stream(engine, st))  # now with a prediction made before measuring
+    first, *_ = h.evaluate_stream(engine, st)  # now with a prediction made before measuring
     final = read_records(obs)[-1]
+    # the first update comes before any measurement: the GP's prediction drawn at the configuration's size
+    assert "GP predicts" in first[2] and "not a measurement" in first[2]
+    pending = {t.name: t for t in first[1].data}
+    assert "current" not in pending and list(pending["GP prediction (± σ)"].x) == [engine.preset("nf3").avg_bits]
+    assert list(pending["GP prediction (± σ)"].y) == [pytest.approx(final.extra["predicted"][0])]
     assert 0.0 <= final.extra["p_front"] <= 1.0  # P(on front) under the GP, before learning from it
     assert "P(on front)" in h.status_line(final.to_dict(), tuple(final.extra["predicted"]))
     fig, summary = h.calibration(engine)

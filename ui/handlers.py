@@ -439,13 +439,16 @@ def _front_line(engine: Engine) -> Any:
     return cached[1]
 
 
-def figure(engine: Engine, state: SessionState) -> Any:
+def figure(engine: Engine, state: SessionState, pending: Configuration | None = None) -> Any:
+    """The session's figure; pending: the configuration being measured, whose GP prediction is
+    drawn before its first estimate arrives."""
     info = engine.info()
     metric = state.current["metric"] if state.current else metric_name(engine)
     return result_figure(state.points, state.current, _front_line(engine),
                          [r.to_dict() for r in engine.baselines()], state.prediction, metric, info.task,
                          rows=f"{len(engine.split)} {engine.split.part} rows",
-                         seen=engine.predictor.observed if engine.predictor is not None else ())
+                         seen=engine.predictor.observed if engine.predictor is not None else (),
+                         prediction_at=None if pending is None else pending.avg_bits)
 
 
 def table(state: SessionState) -> list[list[Any]]:
@@ -469,9 +472,22 @@ def status_line(rec: dict[str, Any], prediction: tuple[float, float] | None) -> 
             f"rows ({state}, {rec['seconds']:.1f} s, {rec.get('dtype')}){pred}")
 
 
+def pending_line(engine: Engine, config: Configuration, prediction: tuple[float, float] | None) -> str:
+    """The status while a configuration's first estimate is computed: what the GP expects."""
+    what = (f"measuring {metric_name(engine)} at {config.avg_bits:.3f} bits per weight on {len(engine.split)} "
+            f"{engine.split.part} rows")
+    if prediction is None:
+        return f"{what} · waiting for the first estimate (no GP prediction for this configuration)"
+    return (f"{what} · waiting for the first estimate · GP predicts **{prediction[0]:.3f} ± {prediction[1]:.3f}** "
+            "(a prediction, not a measurement)")
+
+
 def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     """Quick-eval the session's configuration, yielding [state, figure, status, table] after
-    every chunk (the error bar tightens); the final record joins the session's points.
+    every chunk (the error bar tightens); the final record joins the session's points. A
+    configuration not measured yet first gets one update at once, before any model work: the
+    GP's prediction drawn at its size (a whole-configuration change waits ~1.3 s for its first
+    estimate, and other sessions' evaluations may come first).
 
     A newer edit supersedes it: when the session's configuration is no longer the one being
     evaluated, the generator stops at its next chunk boundary (before computing another
@@ -480,6 +496,12 @@ def evaluate_stream(engine: Engine, state: SessionState) -> Iterator[list[Any]]:
     config = current_config(engine, state)
     _set(state, config)
     mine = state.identity()
+    if state.current is None:
+        state.prediction = engine.predict(config)
+        yield [state, figure(engine, state, pending=config), pending_line(engine, config, state.prediction),
+               table(state)]
+        if state.identity() != mine:
+            return  # a newer edit came meanwhile
     with closing(engine.evaluate(config)) as records:
         while state.identity() == mine:
             rec = next(records, None)

@@ -72,12 +72,14 @@ def _hover(rec: dict[str, Any], title: str) -> str:
 def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | None = None,
                   front: Any = None, baselines: Sequence[dict[str, Any]] = (),
                   prediction: Sequence[float] | None = None, metric: str = "accuracy", task: str = "sst2",
-                  rows: str = "quick-eval rows", seen: Collection[str] = ()):
+                  rows: str = "quick-eval rows", seen: Collection[str] = (), prediction_at: float | None = None):
     """Score vs average bits: the front line with its band, the baselines, this session's
     points, and the current point with its error bar and the GP's prediction.
 
     front: a FrontLine (or None). Error bars are ± 1 stderr; the band ± 2σ. seen: hashes of the
     configurations the GP behind the front was fitted on (filled markers; open: not yet).
+    prediction_at: the average bits to draw `prediction` at while `current` has no measured
+    point yet (the configuration whose first estimate is being computed).
     """
     import plotly.graph_objects as go
 
@@ -125,13 +127,16 @@ def result_figure(points: Sequence[dict[str, Any]], current: dict[str, Any] | No
             marker={"size": 13, "color": "rgb(239,85,59)", "symbol": "diamond"},
             error_y={"type": "data", "array": [current["stderr"]], "visible": True, "thickness": 2},
             hovertext=[_hover(current, "current configuration")], hoverinfo="text"))
-    if prediction is not None and current is not None:
+    at = current["avg_bits"] if current is not None else prediction_at
+    if prediction is not None and at is not None:
+        title = "GP prediction" if current is not None else "GP prediction, being measured"
         fig.add_trace(go.Scatter(
-            x=[current["avg_bits"]], y=[prediction[0]], mode="markers", name="GP prediction (± σ)",
+            x=[at], y=[prediction[0]], mode="markers", name="GP prediction (± σ)",
             marker={"size": 10, "symbol": "x-open", "color": "rgb(99,110,250)"},
             error_y={"type": "data", "array": [prediction[1]], "visible": True},
             yaxis="y2" if secondary else "y",
-            hovertext=[f"<b>GP prediction</b><br>{prediction[0]:.3f} ± {prediction[1]:.3f}"], hoverinfo="text"))
+            hovertext=[f"<b>{title}</b><br>avg bits {at:.3f}<br>{prediction[0]:.3f} ± {prediction[1]:.3f}"],
+            hoverinfo="text"))
     fig.update_layout(
         xaxis={"title": {"text": "average bits per weight (quantized projections)"}, "range": [1.9, 8.8]},
         yaxis={"title": {"text": f"{task} {metric}, {rows} (± 1 stderr)" if higher_is_better(metric) else

@@ -128,3 +128,21 @@ def test_eval_quick_and_report_roles(tiny, tmp_path, capsys):
     for extra in (["--quick", "--limit", "5"], ["--quick", "--report"], ["--report", "--part", "dev"]):
         code, out, err = run_cli(capsys, *common, *extra)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_predict_without_a_named_task_uses_sst2_as_eval_and_the_app_do(tiny, tmp_path, capsys):
+    """A checkpoint whose metadata names no training task: predict (like search, eval and the
+    app) measures sst2 instead of refusing to run without --task."""
+    import shutil
+
+    from coalora.eval.harness import quick_split
+
+    folder, _, _, pool_path, _ = tiny
+    bare = shutil.copytree(folder, tmp_path / "no-task")
+    meta = json.loads((bare / "checkpoint.json").read_text())
+    meta.get("training", {}).pop("task", None)
+    (bare / "checkpoint.json").write_text(json.dumps(meta))
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", str(bare), "--config", "nf3", "--pool", str(pool_path), "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["metric"] == "accuracy" and d["split_hash"] == quick_split("sst2").manifest_hash

@@ -40,7 +40,7 @@ def register(sub) -> None:
     add_model_arg(p, checkpoint="required")
     p.add_argument("--pool", default=None, help="pool file (default: assets/front/pool.json for --checkpoint "
                    "default, else CHECKPOINT/pool.json)")
-    p.add_argument("--task", default=None, help="task (default: the checkpoint's training task)")
+    p.add_argument("--task", default=None, help="task (default: the checkpoint's training task; sst2 when it names none)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -75,16 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from coalora.eval.harness import quick_split
     from coalora.lora import read_metadata
     from coalora.metrics import from_error
-    from coalora.lora.checkpoint import checkpoint_space
+    from coalora.lora.checkpoint import checkpoint_space, training_task
     from coalora.search.gp import fit_surrogate
     from coalora.search.loop import Pool
 
     t0 = time.perf_counter()
     folder, meta = read_metadata(args.checkpoint)
     training = meta.get("training") or {}
-    task = args.task or training.get("task")
-    if task is None:
-        raise ConfigError("--task is required: the checkpoint does not name its training task")
+    task = args.task or training_task(meta)  # as eval and the app: sst2 when the checkpoint names none
     metric = task_spec(task).metric  # accuracy, or bits per byte for a language-modelling task
     split = quick_split(task, int((training.get("args") or {}).get("split_seed", 0)))
     pool_path = Path(args.pool) if args.pool else default_paths(args.checkpoint, folder)[0]

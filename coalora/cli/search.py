@@ -68,7 +68,7 @@ def register(sub) -> None:
     from coalora.cli.common import add_device_arg, add_model_arg
 
     add_model_arg(p, checkpoint="required")
-    p.add_argument("--task", default=None, help=f"one of {', '.join(TASKS)} (default: the checkpoint's training task)")
+    p.add_argument("--task", default=None, help=f"one of {', '.join(TASKS)} (default: the checkpoint's training task; sst2 when it names none)")
     p.add_argument("--pool", default=None, help=f"pool file to continue and save (default: {DEFAULT_POOL} for "
                    "--checkpoint default, else CHECKPOINT/pool.json)")
     p.add_argument("--iterations", type=int, default=3, help="search rounds (default 3; 0 = only the initial pool)")
@@ -233,15 +233,13 @@ def _measured(args: argparse.Namespace) -> _Measured:
     (checkpoint, batch, objective, target); a --pool measured otherwise is refused here."""
     from coalora.data import task_spec
     from coalora.lora import read_metadata
-    from coalora.lora.checkpoint import checkpoint_label
+    from coalora.lora.checkpoint import checkpoint_label, training_task
     from coalora.search.objective import describe, dev_batch
     from coalora.space import DEFAULT_TARGET
 
     folder, meta = read_metadata(args.checkpoint)
     training = meta.get("training") or {}
-    task = args.task or training.get("task")
-    if task is None:
-        raise ConfigError("--task is required: the checkpoint does not name its training task")
+    task = args.task or training_task(meta)  # as eval and the app: sst2 when the checkpoint names none
     task_spec(task)  # DataError for an unknown task
     split_seed = int((training.get("args") or {}).get("split_seed", 0))
     split = dev_batch(task, args.dev_rows, split_seed)

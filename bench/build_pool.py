@@ -1,12 +1,16 @@
 """Measure a configuration pool for the GP and a disjoint held-out set (issue 12, item 3).
 
     .venv/bin/python bench/build_pool.py [--checkpoint default] [--limit N] [--only pool|heldout] [--threads 1] [--shard K/N]
+    .venv/bin/python bench/build_pool.py --checkpoint lm --only heldout --heldout results/gp_calibration/heldout_lm.jsonl
 
 Every configuration is scored once on THE quick-eval rows (coalora.eval.harness.quick_split:
-the task's dev part, QUICK_ROWS rows; docs/design.md, "Evaluation"), f1 = 1 - accuracy.
+the task's dev part, QUICK_ROWS rows; docs/design.md, "Evaluation") of the checkpoint's
+training task (--task to change it), f1 = 1 - accuracy (bits per byte itself for a
+language-modelling task: coalora.metrics.to_error).
 Records (coalora.results.ResultRecord, extra.role = "select") are appended to
   assets/front/pool_records.jsonl          the pool (then summarised to assets/front/pool.json)
   results/gp_calibration/heldout.jsonl     the held-out set, never in the pool
+(--pool-records, --pool-json, --heldout: other files, e.g. for another checkpoint).
 Resumable: configurations already recorded (same checkpoint sha256 and split hash) are skipped.
 The model is loaded once.
 
@@ -149,6 +153,7 @@ def measured_hashes(path: Path, sha: str, split_hash: str) -> set[str]:
 
 def write_pool_json(space, records: Path, out: Path, meta: dict) -> int:
     """The pool file the app and `coalora search` read: POOL_FORMAT with the measurement meta."""
+    from coalora.metrics import to_error
     from coalora.search.loop import Pool
 
     pool = Pool(space)
@@ -163,7 +168,7 @@ def write_pool_json(space, records: Path, out: Path, meta: dict) -> int:
         if r["config_hash"] in seen:
             continue
         seen.add(r["config_hash"])
-        pool.add([space.from_dict(r["config"])], [1.0 - float(r["value"])])
+        pool.add([space.from_dict(r["config"])], [to_error(r["metric"], float(r["value"]))])
     pool.save(out, meta)
     return len(pool)
 
@@ -171,7 +176,10 @@ def write_pool_json(space, records: Path, out: Path, meta: dict) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="default")
-    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--task", default=None, help="default: the checkpoint's training task (sst2 when it names none)")
+    ap.add_argument("--pool-records", type=Path, default=POOL_RECORDS)
+    ap.add_argument("--pool-json", type=Path, default=POOL_JSON)
+    ap.add_argument("--heldout", type=Path, default=HELDOUT_RECORDS)
     ap.add_argument("--only", choices=["pool", "heldout"], default=None)
     ap.add_argument("--limit", type=int, default=None, help="measure at most N new configurations")
     ap.add_argument("--plan", action="store_true", help="print the plan's sizes and exit (no measurement)")
@@ -188,13 +196,18 @@ def main() -> int:
 
     from coalora.eval import iter_eval
     from coalora.eval.harness import quick_split
+    from coalora.data import task_spec
     from coalora.lora import load_for_eval, read_metadata
+    from coalora.lora.checkpoint import training_task
+    from coalora.metrics import to_error
     from coalora.results import ResultRecord, append_record
     from coalora.search.objective import describe
 
     folder, meta = read_metadata(args.checkpoint)
     sha = meta["tensors"]["sha256"]
-    split = quick_split(args.task, int(((meta.get("training") or {}).get("args") or {}).get("split_seed", 0)))
+    task = args.task or training_task(meta)
+    metric = task_spec(task).metric
+    split = quick_split(task, int(((meta.get("training") or {}).get("args") or {}).get("split_seed", 0)))
     loaded = load_for_eval(args.checkpoint, meta["base_model"]["name"], dtype=torch.float32, quiet=True)
     model, tok, space = loaded.model, loaded.tokenizer, loaded.model.space
     t0 = time.perf_counter()
@@ -208,12 +221,12 @@ def main() -> int:
     from coalora.lora.checkpoint import checkpoint_label
 
     pool_meta = {"checkpoint": checkpoint_label(folder, meta), "checkpoint_sha256": sha, **describe(split, "error"),
-                 "rows": len(split), "metric": "accuracy", "source": "bench/build_pool.py"}
+                 "rows": len(split), "metric": metric, "source": "bench/build_pool.py"}
     jobs = []
     if args.only != "pool":
-        jobs.append((HELDOUT_RECORDS, held, "heldout"))
+        jobs.append((args.heldout, held, "heldout"))
     if args.only != "heldout":
-        jobs.append((POOL_RECORDS, pool, "pool"))
+        jobs.append((args.pool_records, pool, "pool"))
     left = args.limit
     for path, items, set_name in jobs:
         done = measured_hashes(path, sha, split.manifest_hash)
@@ -232,17 +245,17 @@ def main() -> int:
                 est, config=c, model=space.model_name, split=split, method=loaded.method, checkpoint=loaded.checkpoint,
                 seconds=round(time.perf_counter() - t1, 3),
                 extra={"role": "select", "set": set_name, "category": cat, "part": split.part,
-                       "checkpoint_sha256": sha, "f1": 1.0 - est.value, "objective": "error",
+                       "checkpoint_sha256": sha, "f1": to_error(metric, est.value), "objective": "error",
                        "source": "bench/build_pool.py"})
             append_record(path, rec)
-            bar.set_postfix_str(f"{cat} {c.avg_bits:.2f} b acc {est.value:.3f}")
+            bar.set_postfix_str(f"{cat} {c.avg_bits:.2f} b {metric} {est.value:.3f}")
             if set_name == "pool" and (i + 1) % 10 == 0:
-                write_pool_json(space, path, POOL_JSON, pool_meta)
+                write_pool_json(space, path, args.pool_json, pool_meta)
         if left is not None:
             left -= len(todo)
         if set_name == "pool" and path.is_file():
-            n = write_pool_json(space, path, POOL_JSON, pool_meta)
-            print(f"{POOL_JSON}: {n} configurations", file=sys.stderr)
+            n = write_pool_json(space, path, args.pool_json, pool_meta)
+            print(f"{args.pool_json}: {n} configurations", file=sys.stderr)
     return 0
 
 

@@ -39,8 +39,9 @@ CANDIDATES = (("index", "learned"), ("struct", "learned"), ("qerr", "learned"), 
 
 
 def read_points(path: Path, space, split_hash: str | None = None):
-    """-> (configs, accuracies, categories, rows, split_hash), one per distinct configuration."""
-    configs, acc, cats, seen, rows = [], [], [], set(), set()
+    """-> (configs, values, categories, rows, split_hash, metric, stderrs), one per distinct
+    configuration; values in the records' one metric (accuracy, or bits per byte)."""
+    configs, acc, cats, seen, rows, metrics, se = [], [], [], set(), set(), set(), []
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
@@ -53,23 +54,32 @@ def read_points(path: Path, space, split_hash: str | None = None):
         seen.add(r["config_hash"])
         configs.append(space.from_dict(r["config"]))
         acc.append(float(r["value"]))
+        se.append(float(r.get("stderr") or 0.0))
         cats.append((r.get("extra") or {}).get("category", "?"))
         rows.add(int(r["n"]))
+        metrics.add(r.get("metric", "accuracy"))
     if len(rows) > 1:
         raise SystemExit(f"{path}: records measured on different numbers of rows {sorted(rows)}")
-    return configs, acc, cats, rows.pop() if rows else 0, split_hash
+    if len(metrics) > 1:
+        raise SystemExit(f"{path}: records of different metrics {sorted(metrics)}")
+    return configs, acc, cats, rows.pop() if rows else 0, split_hash, metrics.pop() if metrics else "accuracy", se
 
 
-def evaluate(design: str, noise: str, train_c, train_acc, test_c, test_acc, space, costs, rows: int) -> dict:
+def evaluate(design: str, noise: str, train_c, train_acc, test_c, test_acc, space, costs, rows: int,
+             metric: str = "accuracy") -> dict:
+    """Fit on (train_c, train_acc) and score on the test points; values in `metric` (the GP
+    fits the search's f1, coalora.metrics.to_error: a linear map, so σ is the same in both)."""
     from scipy.stats import spearmanr
 
+    from coalora.metrics import from_error, to_error
     from coalora.search.gp import binomial_variance, fit_surrogate
 
     t0 = time.perf_counter()
-    gp = fit_surrogate(train_c, [1 - a for a in train_acc], space, design=design, noise=noise, costs=costs, rows=rows)
+    gp = fit_surrogate(train_c, [to_error(metric, a) for a in train_acc], space, design=design, noise=noise,
+                       costs=costs, rows=rows)
     fit_s = time.perf_counter() - t0
     mean_f1, std = gp.predict(test_c)
-    pred = 1 - mean_f1
+    pred = torch.tensor([from_error(metric, float(m)) for m in mean_f1], dtype=torch.float64)
     if noise == "binomial":
         nvar = binomial_variance(mean_f1, rows)
     else:
@@ -85,15 +95,17 @@ def evaluate(design: str, noise: str, train_c, train_acc, test_c, test_acc, spac
             "std_pred": sp.tolist()}
 
 
-def noise_ceiling(acc: list[float], rows: int, idx: list[int], draws: int = 2000) -> tuple[float, float, float]:
+def noise_ceiling(acc: list[float], rows: int, idx: list[int], draws: int = 2000,
+                  stderr: list[float] | None = None) -> tuple[float, float, float]:
     """Spearman that a perfect predictor of each configuration's expected accuracy would
     reach against ONE quick-eval measurement: measured values taken as the truth, binomial
-    row noise sqrt(p(1-p)/rows) added again, -> (median, 5%, 95%) over `draws` draws.
+    row noise sqrt(p(1-p)/rows) added again (or each record's own `stderr`, for a metric that
+    is no proportion), -> (median, 5%, 95%) over `draws` draws.
     An estimate: configurations measured on the same rows share part of their noise."""
     from scipy.stats import spearmanr
 
     m = torch.tensor([acc[i] for i in idx], dtype=torch.float64)
-    sd = (m * (1 - m) / rows).sqrt()
+    sd = (m * (1 - m) / rows).sqrt() if stderr is None else torch.tensor([stderr[i] for i in idx], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     rs = torch.tensor([spearmanr(m.tolist(), (m + sd * torch.randn(m.shape, generator=g, dtype=m.dtype)).tolist())[0]
                        for _ in range(draws)])
@@ -119,7 +131,7 @@ def timing(args) -> int:
 
     space = build_space_for(args.model)
     costs = load_costs(space)
-    pool_c, pool_a, _, rows, _ = read_points(args.pool, space)
+    pool_c, pool_a, _, rows, _, _, _ = read_points(args.pool, space)
     y = [1 - a for a in pool_a]
     gp = fit_surrogate(pool_c, y, space, costs=costs, rows=rows)
     extra = [c for c in space.sample(4 * args.timing, seed=123) if c not in set(pool_c)][: max(0, args.timing - len(pool_c))]
@@ -166,15 +178,19 @@ def main() -> int:
 
     from scipy.stats import spearmanr
 
+    from coalora.metrics import higher_is_better
     from coalora.models import build_space_for
     from coalora.search.costs import load_costs
 
     space = build_space_for(args.model)
     costs = load_costs(space)
-    pool_c, pool_a, pool_cat, rows, split_hash = read_points(args.pool, space)
-    held_c, held_a, held_cat, rows_h, _ = read_points(args.heldout, space, split_hash)
+    pool_c, pool_a, pool_cat, rows, split_hash, metric, _ = read_points(args.pool, space)
+    held_c, held_a, held_cat, rows_h, _, metric_h, held_se = read_points(args.heldout, space, split_hash)
     if rows_h and rows_h != rows:
         raise SystemExit(f"pool on {rows} rows, held-out on {rows_h}")
+    if metric_h != metric:
+        raise SystemExit(f"pool measured in {metric}, held-out in {metric_h}")
+    proportion = higher_is_better(metric)  # accuracy: binomial row noise; else each record's stderr
     overlap = set(pool_c) & set(held_c)
     if overlap:
         raise SystemExit(f"{len(overlap)} held-out configurations are in the pool")
@@ -182,12 +198,16 @@ def main() -> int:
     if args.sensitivity:
         keys = json.loads(args.sensitivity.read_text())["sensitivity"]
         cands += tuple((f"{d}@{k}", "learned") for k in keys for d in ("qerr", "qerr-block"))
-    floor = [math.sqrt(a * (1 - a) / rows) for a in held_a]
+    if not proportion:
+        cands = tuple((d, n) for d, n in cands if n != "binomial")  # binomial noise models a proportion only
+    floor = [math.sqrt(a * (1 - a) / rows) for a in held_a] if proportion else held_se
+    se = None if proportion else held_se
     edits = [i for i, c in enumerate(held_cat) if c == "edit"]
-    ceiling = {"all": noise_ceiling(held_a, rows, list(range(len(held_a)))),
-               "edits": noise_ceiling(held_a, rows, edits) if len(edits) > 2 else None}
+    ceiling = {"all": noise_ceiling(held_a, rows, list(range(len(held_a))), stderr=se),
+               "edits": noise_ceiling(held_a, rows, edits, stderr=se) if len(edits) > 2 else None}
     print(f"pool {len(pool_c)} configurations, held-out {len(held_c)} ({rows} quick-eval rows, split {split_hash}); "
-          f"measured held-out accuracy {min(held_a):.3f} ... {max(held_a):.3f}; binomial noise sqrt(p(1-p)/n) "
+          f"measured held-out {metric} {min(held_a):.3f} ... {max(held_a):.3f}; "
+          f"{'binomial noise sqrt(p(1-p)/n)' if proportion else 'measured stderr'} "
           f"median {sorted(floor)[len(floor) // 2]:.4f}")
     for name, c in ceiling.items():
         if c:
@@ -202,7 +222,7 @@ def main() -> int:
         design, _, key = name.partition("@")
         table = weighted_costs(costs, args.sensitivity, key) if key else costs
         try:
-            r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, table, rows)
+            r = evaluate(design, noise, pool_c, pool_a, held_c, held_a, space, table, rows, metric)
             r["design"] = name
         except Exception as e:  # e.g. botorch ModelFittingError: report it as a row, keep going
             print(f"| {name} | {noise} | fit failed: {type(e).__name__} |", flush=True)
@@ -220,7 +240,7 @@ def main() -> int:
                 te = sorted(test)
                 try:
                     rr = evaluate(design, noise, [pool_c[i] for i in tr], [pool_a[i] for i in tr],
-                                  [pool_c[i] for i in te], [pool_a[i] for i in te], space, table, rows)
+                                  [pool_c[i] for i in te], [pool_a[i] for i in te], space, table, rows, metric)
                 except Exception:  # a failed fold: the CV row covers the folds that fitted
                     continue
                 preds += rr["pred"]
@@ -242,7 +262,8 @@ def main() -> int:
 
         atomic_write_text(args.out, json.dumps({
             "pool": str(args.pool), "heldout": str(args.heldout), "n_pool": len(pool_c), "n_heldout": len(held_c),
-            "rows": rows, "split_hash": split_hash, "code_version": code_version(), "noise_ceiling_spearman": ceiling,
+            "rows": rows, "split_hash": split_hash, "metric": metric, "code_version": code_version(),
+            "noise_ceiling_spearman": ceiling,
             "heldout_points": [{"config_hash": c.hash, "category": k, "avg_bits": c.avg_bits, "measured": a}
                                for c, k, a in zip(held_c, held_cat, held_a)],
             "results": results}, indent=1) + "\n")
